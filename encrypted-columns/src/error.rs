@@ -1,0 +1,152 @@
+//! The one error type of the crate, and its conversion into SeaORM's [`DbErr`].
+//!
+//! Every message here is safe to log: none carries plaintext, key bytes or anything derived
+//! from them. Messages name what was wrong and, where the caller can act, how to fix it.
+
+use std::sync::Arc;
+
+use sea_orm::DbErr;
+
+use crate::envelope::EnvelopeError;
+use crate::keyring::KeyId;
+
+/// Result alias used throughout the crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong while loading keys, sealing or opening a value.
+///
+/// When an encrypted column fails to decode inside SeaORM, the [`DbErr`] you receive is a
+/// `DbErr::TryIntoErr` whose `source` is this type; [`Error::from_db_err`] digs it out:
+///
+/// ```
+/// # use encrypted_columns::Error;
+/// # fn handle(err: sea_orm::DbErr) {
+/// match Error::from_db_err(&err) {
+///     Some(Error::UnknownKeyId { .. }) => eprintln!("a key is missing from the keyring"),
+///     Some(other) => eprintln!("cannot decrypt: {other}"),
+///     None => eprintln!("database error: {err}"),
+/// }
+/// # }
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// No keyring was installed for this process or task.
+    #[error(
+        "no keyring is installed: call `encrypted_columns::keyring::install(Keyring::from_env()?)` \
+         once at start-up (or wrap the task in `keyring::scope`)"
+    )]
+    NoKeyring,
+
+    /// An envelope names a key id this keyring does not hold.
+    #[error(
+        "key id {id} is not in the keyring: the value was sealed with key {id}; add that key \
+         (it may stay decrypt-only) to ENCRYPTED_COLUMNS_KEYS"
+    )]
+    UnknownKeyId {
+        /// The key id recorded in the envelope.
+        id: KeyId,
+    },
+
+    /// Key material or key configuration is unusable. `origin` names where it came from
+    /// (an environment variable or an API call); `problem` says what is wrong.
+    #[error("{origin}: {problem}")]
+    KeyConfig {
+        /// Where the bad configuration came from, e.g. `ENCRYPTED_COLUMNS_KEYS`.
+        origin: String,
+        /// What is wrong and how to fix it. Never contains key material.
+        problem: String,
+    },
+
+    /// The stored bytes are not a well-formed envelope (truncated, unknown version, …).
+    #[error("{table}.{column}: malformed envelope: {problem}")]
+    Malformed {
+        /// Logical table of the column being opened.
+        table: &'static str,
+        /// Logical column being opened.
+        column: &'static str,
+        /// What is wrong with the bytes.
+        problem: EnvelopeError,
+    },
+
+    /// Authentication failed: the envelope was tampered with, sealed under a different key
+    /// with the same id, or copied from another column.
+    #[error(
+        "{table}.{column}: cannot open value sealed with key {key_id}: authentication failed \
+         (tampered bytes, a different key under that id, or a value copied from another column)"
+    )]
+    Decrypt {
+        /// Logical table of the column being opened.
+        table: &'static str,
+        /// Logical column being opened.
+        column: &'static str,
+        /// Key id recorded in the envelope.
+        key_id: KeyId,
+    },
+
+    /// A logical table or column name cannot be bound into an envelope.
+    #[error("invalid column context {table:?}.{column:?}: {problem}")]
+    InvalidContext {
+        /// Logical table name given.
+        table: String,
+        /// Logical column name given.
+        column: String,
+        /// What is wrong.
+        problem: &'static str,
+    },
+
+    /// The plaintext could not be encoded to bytes (e.g. a JSON value serde refuses).
+    #[error("cannot encode {type_name} plaintext: {problem}")]
+    Encode {
+        /// The plaintext type.
+        type_name: &'static str,
+        /// What went wrong; never contains plaintext.
+        problem: String,
+    },
+
+    /// The envelope authenticated but its plaintext is not a valid `type_name` (the column's
+    /// Rust type was changed without migrating the data).
+    #[error("{table}.{column}: decrypted value is not a valid {type_name}: {problem}")]
+    Decode {
+        /// Logical table of the column being opened.
+        table: &'static str,
+        /// Logical column being opened.
+        column: &'static str,
+        /// The plaintext type expected.
+        type_name: &'static str,
+        /// What went wrong; never contains plaintext.
+        problem: String,
+    },
+}
+
+impl Error {
+    /// Finds this crate's error inside a [`DbErr`] returned by SeaORM, if that is what failed.
+    pub fn from_db_err(err: &DbErr) -> Option<&Error> {
+        match err {
+            DbErr::TryIntoErr { source, .. } => source.downcast_ref::<Error>(),
+            _ => None,
+        }
+    }
+
+    /// Wraps this error as the `DbErr` SeaORM expects from a failed column decode.
+    pub(crate) fn into_db_err(self, into: &'static str) -> DbErr {
+        DbErr::TryIntoErr {
+            from: "encrypted envelope",
+            into,
+            source: Arc::new(self),
+        }
+    }
+
+    pub(crate) fn key_config(origin: impl Into<String>, problem: impl Into<String>) -> Self {
+        Error::KeyConfig {
+            origin: origin.into(),
+            problem: problem.into(),
+        }
+    }
+}
+
+impl From<Error> for DbErr {
+    fn from(err: Error) -> Self {
+        err.into_db_err("plaintext")
+    }
+}

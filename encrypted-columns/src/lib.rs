@@ -1,0 +1,54 @@
+//! Typed, encrypted-at-rest columns for [SeaORM](https://www.sea-ql.org/SeaORM/).
+//!
+//! Declare a field as `EncryptedString<Marker>` (or any [`Encrypted<T, C>`]) and SeaORM stores
+//! an authenticated envelope instead of the plaintext: sealed when you build the value, opened
+//! when a row is read. Values are encrypted with XAES-256-GCM under a per-column subkey derived
+//! from a versioned [`Keyring`], and each envelope is bound to its logical table and column.
+//!
+//! ```
+//! use encrypted_columns::{column_context, EncryptedString, Keyring, keyring};
+//! use sea_orm::entity::prelude::*;
+//!
+//! column_context!(pub PatientEmail, table = "patients", column = "email");
+//!
+//! #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+//! #[sea_orm(table_name = "patients")]
+//! pub struct Model {
+//!     #[sea_orm(primary_key)]
+//!     pub id: i32,
+//!     pub email: EncryptedString<PatientEmail>,
+//! }
+//! # #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)] pub enum Relation {}
+//! impl ActiveModelBehavior for ActiveModel {}
+//!
+//! keyring::install(Keyring::generate()); // at start-up: Keyring::from_env()?
+//! let email = EncryptedString::<PatientEmail>::new("ada@example.org".into())?;
+//! let row = ActiveModel { email: Set(email), ..Default::default() };
+//! # let _ = row;
+//! # Ok::<(), encrypted_columns::Error>(())
+//! ```
+//!
+//! The byte formats are specified in `FORMAT.md`, with test vectors.
+
+#![warn(missing_docs)]
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout, clippy::print_stderr)]
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod context;
+pub mod envelope;
+mod error;
+pub mod keyring;
+pub mod schema;
+mod seal;
+mod types;
+
+pub use context::{ColumnContext, Context};
+pub use error::{Error, Result};
+pub use keyring::{KeyId, Keyring};
+pub use types::expose;
+#[cfg(feature = "json")]
+pub use types::{EncryptedJson, Json};
+pub use types::{Encrypted, EncryptedBytes, EncryptedString, Plaintext};
+
+#[doc(hidden)]
+pub use zeroize;

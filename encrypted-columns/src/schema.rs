@@ -1,0 +1,42 @@
+//! Column types for envelope columns, per backend.
+//!
+//! `Encrypted<T, C>` declares `ColumnType::Blob`: `bytea` on PostgreSQL, `blob` on SQLite, and
+//! `blob` on MySQL/MariaDB — which holds at most 65,535 bytes. On MySQL a longer envelope is
+//! rejected by strict mode (or truncated without it, and then fails to open with a typed
+//! error: never wrong plaintext). Columns that may hold more (transcripts, large JSON) should
+//! be declared with [`envelope_column_type`] in migrations.
+
+use sea_orm::DbBackend;
+use sea_orm::sea_query::{Alias, ColumnType};
+
+use crate::envelope::OVERHEAD;
+
+/// Largest envelope a MySQL `blob` holds.
+pub const MYSQL_BLOB_MAX: usize = 65_535;
+/// Largest envelope a MySQL `mediumblob` holds.
+pub const MYSQL_MEDIUMBLOB_MAX: usize = 16_777_215;
+
+/// The column type that holds envelopes of plaintexts up to `max_plaintext_len` bytes.
+///
+/// ```
+/// use encrypted_columns::schema::envelope_column_type;
+/// use sea_orm::{DbBackend, sea_query::ColumnType};
+/// assert_eq!(envelope_column_type(DbBackend::Postgres, 10_000_000), ColumnType::Blob);
+/// assert_eq!(envelope_column_type(DbBackend::MySql, 1_000), ColumnType::Blob);
+/// assert_eq!(
+///     envelope_column_type(DbBackend::MySql, 100_000),
+///     ColumnType::custom("mediumblob")
+/// );
+/// ```
+pub fn envelope_column_type(backend: DbBackend, max_plaintext_len: usize) -> ColumnType {
+    let envelope_len = max_plaintext_len.saturating_add(OVERHEAD);
+    match backend {
+        DbBackend::MySql if envelope_len > MYSQL_MEDIUMBLOB_MAX => {
+            ColumnType::custom(Alias::new("longblob"))
+        }
+        DbBackend::MySql if envelope_len > MYSQL_BLOB_MAX => {
+            ColumnType::custom(Alias::new("mediumblob"))
+        }
+        _ => ColumnType::Blob,
+    }
+}

@@ -1,0 +1,21 @@
+//! Encrypted value types for SeaORM entity fields.
+//!
+//! One generic type, [`Encrypted<T, C>`], does the work; the aliases name the common cases.
+//! `Option<…>` of any of them maps to a nullable column, and NULL stays NULL (never sealed).
+
+mod encrypted;
+pub mod expose;
+mod plaintext;
+
+pub use encrypted::Encrypted;
+#[cfg(feature = "json")]
+pub use plaintext::Json;
+pub use plaintext::Plaintext;
+
+/// An encrypted UTF-8 string.
+pub type EncryptedString<C> = Encrypted<String, C>;
+/// Encrypted raw bytes.
+pub type EncryptedBytes<C> = Encrypted<Vec<u8>, C>;
+/// An encrypted serde value, stored as JSON inside the envelope.
+#[cfg(feature = "json")]
+pub type EncryptedJson<T, C> = Encrypted<Json<T>, C>;
