@@ -7,7 +7,7 @@
 //!
 //! ```
 //! use encrypted_columns::{column_context, EncryptedString, Keyring, keyring};
-//! use sea_orm::entity::prelude::*;
+//! use sea_orm::{entity::prelude::*, ActiveValue::Set};
 //!
 //! column_context!(pub PatientEmail, table = "patients", column = "email");
 //!
