@@ -52,3 +52,8 @@ pub use types::{Encrypted, EncryptedBytes, EncryptedString, Plaintext};
 
 #[doc(hidden)]
 pub use zeroize;
+
+// Compiles and runs the README's quick start as a doctest, so the first code users copy works.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;
