@@ -143,10 +143,16 @@ mod tests {
     fn rejects_short_and_unknown_version() {
         for len in 0..OVERHEAD {
             let bytes = vec![VERSION; len];
-            assert_eq!(Envelope::parse(&bytes).unwrap_err(), EnvelopeError::TooShort { len });
+            assert_eq!(
+                Envelope::parse(&bytes).unwrap_err(),
+                EnvelopeError::TooShort { len }
+            );
         }
         let mut bytes = vec![2u8; OVERHEAD + 3];
-        assert_eq!(Envelope::parse(&bytes).unwrap_err(), EnvelopeError::UnsupportedVersion);
+        assert_eq!(
+            Envelope::parse(&bytes).unwrap_err(),
+            EnvelopeError::UnsupportedVersion
+        );
         bytes[0] = VERSION;
         assert!(Envelope::parse(&bytes).is_ok());
     }

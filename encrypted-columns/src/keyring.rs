@@ -101,7 +101,8 @@ impl RootKey {
 
 /// `label || 0x00 || for each name: u16-be length || bytes`.
 fn derivation_info(label: &[u8], names: &[&str]) -> Vec<u8> {
-    let mut info = Vec::with_capacity(label.len() + 1 + names.iter().map(|n| n.len() + 2).sum::<usize>());
+    let mut info =
+        Vec::with_capacity(label.len() + 1 + names.iter().map(|n| n.len() + 2).sum::<usize>());
     info.extend_from_slice(label);
     info.push(0);
     for name in names {
@@ -156,7 +157,10 @@ impl fmt::Debug for Keyring {
             .field("active", &self.active)
             .field("keys", &self.keys.keys().collect::<Vec<_>>())
             .field("active_blind_index", &self.active_blind_index)
-            .field("blind_index_keys", &self.blind_index_keys.keys().collect::<Vec<_>>())
+            .field(
+                "blind_index_keys",
+                &self.blind_index_keys.keys().collect::<Vec<_>>(),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -327,15 +331,18 @@ impl Keyring {
     /// ```
     pub fn from_vars(lookup: impl Fn(&str) -> Option<String>) -> Result<Self> {
         let keys_var = lookup(ENV_KEYS).map(Zeroizing::new);
-        let keys_var = keys_var.as_deref().filter(|v| !v.trim().is_empty()).ok_or_else(|| {
-            Error::key_config(
-                ENV_KEYS,
-                format!(
-                    "{ENV_KEYS} is not set: set it to `<id>:<base64 of 32 random bytes>`, e.g. \
+        let keys_var = keys_var
+            .as_deref()
+            .filter(|v| !v.trim().is_empty())
+            .ok_or_else(|| {
+                Error::key_config(
+                    ENV_KEYS,
+                    format!(
+                        "{ENV_KEYS} is not set: set it to `<id>:<base64 of 32 random bytes>`, e.g. \
                      `{ENV_KEYS}=1:$(head -c 32 /dev/urandom | base64)`"
-                ),
-            )
-        })?;
+                    ),
+                )
+            })?;
         let keys = parse_key_list(ENV_KEYS, keys_var)?;
         let active = pick_active(ENV_KEYS, ENV_ACTIVE_KEY, &keys, lookup(ENV_ACTIVE_KEY))?;
 
@@ -383,7 +390,10 @@ impl Keyring {
         if let Some(cipher) = self.cache_read().get(&(key_id, ctx)) {
             return Ok(Arc::clone(cipher));
         }
-        let root = self.keys.get(&key_id).ok_or(Error::UnknownKeyId { id: key_id })?;
+        let root = self
+            .keys
+            .get(&key_id)
+            .ok_or(Error::UnknownKeyId { id: key_id })?;
         ctx.validate()?;
         let subkey = root.derive(LABEL_COLUMN_KEY, &[ctx.table(), ctx.column()]);
         let cipher = Arc::new(ColumnCipher::new(&subkey, key_id, ctx));
@@ -392,12 +402,16 @@ impl Keyring {
         ))
     }
 
-    fn cache_read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<(KeyId, Context), Arc<ColumnCipher>>> {
+    fn cache_read(
+        &self,
+    ) -> std::sync::RwLockReadGuard<'_, HashMap<(KeyId, Context), Arc<ColumnCipher>>> {
         // The cache holds derived values only; a panic elsewhere cannot leave it inconsistent.
         self.ciphers.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn cache_write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<(KeyId, Context), Arc<ColumnCipher>>> {
+    fn cache_write(
+        &self,
+    ) -> std::sync::RwLockWriteGuard<'_, HashMap<(KeyId, Context), Arc<ColumnCipher>>> {
         self.ciphers.write().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -409,7 +423,9 @@ fn parse_key_list(var: &str, value: &str) -> Result<BTreeMap<KeyId, RootKey>> {
         if entry.is_empty() {
             return Err(Error::key_config(
                 var,
-                format!("entry {position} is empty; expected `<id>:<base64 key>` entries separated by commas"),
+                format!(
+                    "entry {position} is empty; expected `<id>:<base64 key>` entries separated by commas"
+                ),
             ));
         }
         let (id, b64) = entry.split_once(':').ok_or_else(|| {
@@ -450,7 +466,10 @@ fn parse_id(var: &str, what: &str, raw: &str) -> Result<KeyId> {
     raw.trim().parse::<u32>().map(KeyId).map_err(|_| {
         Error::key_config(
             var,
-            format!("{what}: key id {:?} is not a whole number from 0 to 4294967295", raw.trim()),
+            format!(
+                "{what}: key id {:?} is not a whole number from 0 to 4294967295",
+                raw.trim()
+            ),
         )
     })
 }
@@ -491,7 +510,10 @@ fn pick_active(
 }
 
 fn list_ids(keys: &BTreeMap<KeyId, RootKey>) -> String {
-    keys.keys().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+    keys.keys()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// 32 bytes from the operating system's CSPRNG, for a new root key.
@@ -576,7 +598,12 @@ mod tests {
     const K1: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
 
     fn vars<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
-        move |name| pairs.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string())
+        move |name| {
+            pairs
+                .iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.to_string())
+        }
     }
 
     fn err(pairs: &[(&str, &str)]) -> String {
@@ -585,8 +612,12 @@ mod tests {
 
     #[test]
     fn loads_keys_and_active() {
-        let two = format!("1:{K1}, 2:{}", base64::engine::general_purpose::STANDARD.encode([9u8; 32]));
-        let ring = Keyring::from_vars(vars(&[(ENV_KEYS, &two), (ENV_ACTIVE_KEY, "2")])).expect("loads");
+        let two = format!(
+            "1:{K1}, 2:{}",
+            base64::engine::general_purpose::STANDARD.encode([9u8; 32])
+        );
+        let ring =
+            Keyring::from_vars(vars(&[(ENV_KEYS, &two), (ENV_ACTIVE_KEY, "2")])).expect("loads");
         assert_eq!(ring.active_key_id(), KeyId(2));
         assert_eq!(ring.key_ids().collect::<Vec<_>>(), vec![KeyId(1), KeyId(2)]);
         assert_eq!(ring.active_blind_index_key_id(), None);
@@ -601,12 +632,24 @@ mod tests {
         assert!(err(&[(ENV_KEYS, "1:AAAA")]).contains("key 1 decodes to 3 bytes"));
         let dup = format!("1:{K1},1:{K1}");
         assert!(err(&[(ENV_KEYS, &dup)]).contains("key id 1 appears twice"));
-        let two = format!("1:{K1},2:{}", base64::engine::general_purpose::STANDARD.encode([9u8; 32]));
+        let two = format!(
+            "1:{K1},2:{}",
+            base64::engine::general_purpose::STANDARD.encode([9u8; 32])
+        );
         assert!(err(&[(ENV_KEYS, &two)]).contains("ENCRYPTED_COLUMNS_ACTIVE_KEY is not set"));
-        assert!(err(&[(ENV_KEYS, &two), (ENV_ACTIVE_KEY, "3")]).contains("names key 3, but ENCRYPTED_COLUMNS_KEYS holds only 1, 2"));
+        assert!(
+            err(&[(ENV_KEYS, &two), (ENV_ACTIVE_KEY, "3")])
+                .contains("names key 3, but ENCRYPTED_COLUMNS_KEYS holds only 1, 2")
+        );
         let same = format!("7:{K1}");
-        let reuse = err(&[(ENV_KEYS, &format!("1:{K1}")), (ENV_BLIND_INDEX_KEYS, &same)]);
-        assert!(reuse.contains("blind-index key 7 equals encryption key 1"), "{reuse}");
+        let reuse = err(&[
+            (ENV_KEYS, &format!("1:{K1}")),
+            (ENV_BLIND_INDEX_KEYS, &same),
+        ]);
+        assert!(
+            reuse.contains("blind-index key 7 equals encryption key 1"),
+            "{reuse}"
+        );
     }
 
     #[test]
@@ -621,11 +664,17 @@ mod tests {
     #[test]
     fn promote_and_remove() {
         let mut ring = Keyring::new(KeyId(1), [1u8; 32]);
-        assert!(matches!(ring.promote(KeyId(2)), Err(Error::UnknownKeyId { id: KeyId(2) })));
+        assert!(matches!(
+            ring.promote(KeyId(2)),
+            Err(Error::UnknownKeyId { id: KeyId(2) })
+        ));
         ring.add_key(KeyId(2), [2u8; 32]).expect("add");
         assert!(ring.add_key(KeyId(2), [3u8; 32]).is_err());
         ring.promote(KeyId(2)).expect("promote");
-        assert!(ring.remove_key(KeyId(2)).is_err(), "active key cannot be removed");
+        assert!(
+            ring.remove_key(KeyId(2)).is_err(),
+            "active key cannot be removed"
+        );
         ring.remove_key(KeyId(1)).expect("remove old");
         assert_eq!(ring.key_ids().collect::<Vec<_>>(), vec![KeyId(2)]);
     }

@@ -31,7 +31,12 @@
 //! The byte formats are specified in `FORMAT.md`, with test vectors.
 
 #![warn(missing_docs)]
-#![deny(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout, clippy::print_stderr)]
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stdout,
+    clippy::print_stderr
+)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod context;
@@ -46,9 +51,9 @@ pub use context::{ColumnContext, Context};
 pub use error::{Error, Result};
 pub use keyring::{KeyId, Keyring};
 pub use types::expose;
+pub use types::{Encrypted, EncryptedBytes, EncryptedString, Plaintext};
 #[cfg(feature = "json")]
 pub use types::{EncryptedJson, Json};
-pub use types::{Encrypted, EncryptedBytes, EncryptedString, Plaintext};
 
 #[doc(hidden)]
 pub use zeroize;

@@ -41,7 +41,8 @@ impl ColumnCipher {
 
 /// `header || lp(table) || lp(column)`, where `lp` is a u16 big-endian length prefix.
 pub(crate) fn associated_data(key_id: KeyId, ctx: Context) -> Vec<u8> {
-    let mut aad = Vec::with_capacity(envelope::HEADER_LEN + 4 + ctx.table().len() + ctx.column().len());
+    let mut aad =
+        Vec::with_capacity(envelope::HEADER_LEN + 4 + ctx.table().len() + ctx.column().len());
     aad.extend_from_slice(&envelope::header(key_id));
     push_length_prefixed(&mut aad, ctx.table().as_bytes());
     push_length_prefixed(&mut aad, ctx.column().as_bytes());
@@ -142,7 +143,11 @@ fn seal_raw(
     write(&mut out)?;
     let tag = cipher
         .aead
-        .encrypt_inout_detached(&Nonce::from(*nonce), &cipher.aad, out[start..].as_mut().into())
+        .encrypt_inout_detached(
+            &Nonce::from(*nonce),
+            &cipher.aad,
+            out[start..].as_mut().into(),
+        )
         .map_err(|_| Error::Encode {
             type_name: "bytes",
             problem: format!(

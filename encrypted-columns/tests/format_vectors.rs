@@ -91,7 +91,10 @@ fn leak(s: &str) -> &'static str {
 #[test]
 fn envelope_vectors_match_spec_and_library() {
     let all = vectors("vector");
-    assert!(all.len() >= 5, "FORMAT.md must carry at least 5 envelope vectors");
+    assert!(
+        all.len() >= 5,
+        "FORMAT.md must carry at least 5 envelope vectors"
+    );
     for v in &all {
         let key_id: u32 = v.get("key id").parse().expect("key id");
         let root = v.hex("root key");
@@ -101,16 +104,32 @@ fn envelope_vectors_match_spec_and_library() {
 
         // Independent implementation, from the spec's words.
         let column_key = spec_derive(&root, "column-key", &[table, column]);
-        assert_eq!(hex::encode(column_key), v.get("column key"), "{}: column key", v.name);
+        assert_eq!(
+            hex::encode(column_key),
+            v.get("column key"),
+            "{}: column key",
+            v.name
+        );
         let aad = spec_aad(key_id, table, column);
         assert_eq!(hex::encode(&aad), v.get("aad"), "{}: aad", v.name);
         let sealed = Xaes256Gcm::new(&column_key.into())
-            .encrypt(&nonce.into(), Payload { msg: &plaintext, aad: &aad })
+            .encrypt(
+                &nonce.into(),
+                Payload {
+                    msg: &plaintext,
+                    aad: &aad,
+                },
+            )
             .expect("seal");
         let mut envelope = aad[..5].to_vec();
         envelope.extend_from_slice(&nonce);
         envelope.extend_from_slice(&sealed);
-        assert_eq!(hex::encode(&envelope), v.get("envelope"), "{}: envelope", v.name);
+        assert_eq!(
+            hex::encode(&envelope),
+            v.get("envelope"),
+            "{}: envelope",
+            v.name
+        );
 
         // The library agrees both ways.
         let ring = Keyring::from_slice(KeyId(key_id), &root).expect("key");
@@ -120,11 +139,20 @@ fn envelope_vectors_match_spec_and_library() {
             .expect("library seal");
         assert_eq!(ours, envelope, "{}: library envelope", v.name);
         let opened = ring.open(ctx, &envelope).expect("library open");
-        assert_eq!(opened.as_slice(), plaintext.as_slice(), "{}: library open", v.name);
+        assert_eq!(
+            opened.as_slice(),
+            plaintext.as_slice(),
+            "{}: library open",
+            v.name
+        );
 
         // Any other column context must refuse it.
         let other = Context::new(leak(table), leak(&format!("{column}_other")));
-        assert!(ring.open(other, &envelope).is_err(), "{}: wrong context opened", v.name);
+        assert!(
+            ring.open(other, &envelope).is_err(),
+            "{}: wrong context opened",
+            v.name
+        );
     }
 }
 
@@ -140,7 +168,8 @@ fn typed_plaintext_encodings_match_spec() {
             "bool" => bool::decode(bytes).expect("bool").to_string(),
             "NaiveDate" => chrono::NaiveDate::decode(bytes).expect("date").to_string(),
             "Json" => {
-                let value = encrypted_columns::Json::<serde_json::Value>::decode(bytes).expect("json");
+                let value =
+                    encrypted_columns::Json::<serde_json::Value>::decode(bytes).expect("json");
                 serde_json::to_string(&value.0).expect("json")
             }
             "bytes" => hex::encode(bytes.as_slice()),
@@ -166,7 +195,12 @@ fn blind_index_key_vectors_match_spec() {
         let ours = ring
             .blind_index_key(KeyId(version + 1000), table, index)
             .expect("derive");
-        assert_eq!(hex::encode(ours.as_slice()), v.get("index key"), "{}", v.name);
+        assert_eq!(
+            hex::encode(ours.as_slice()),
+            v.get("index key"),
+            "{}",
+            v.name
+        );
     }
 }
 
@@ -186,28 +220,145 @@ fn print_vectors_when_asked() {
         out
     };
     let date = chrono::NaiveDate::from_ymd_opt(1990, 5, 17).expect("date");
-    let inputs: Vec<(&str, u32, &Vec<u8>, &str, &str, &str, Vec<u8>, String, &Vec<u8>)> = vec![
-        ("email", 1, &root_a, "patients", "email", "String", b"ada@example.org".to_vec(), "ada@example.org".into(), &nonce_a),
-        ("empty string", 1, &root_a, "patients", "middle_name", "String", Vec::new(), String::new(), &nonce_b),
-        ("unicode, large key id", 0x0102_0304, &root_b, "transcripts", "raw_text", "String", "Zoë Ångström — 東京 🩺".as_bytes().to_vec(), "Zoë Ångström — 東京 🩺".into(), &nonce_a),
-        ("i64", 2, &root_b, "patients", "mrn", "i64", enc(&|o| (-42i64).encode(o).unwrap()), "-42".into(), &nonce_b),
-        ("bool", 2, &root_b, "patients", "smoker", "bool", enc(&|o| true.encode(o).unwrap()), "true".into(), &nonce_a),
-        ("date", 1, &root_a, "patients", "date_of_birth", "NaiveDate", enc(&|o| date.encode(o).unwrap()), "1990-05-17".into(), &nonce_a),
-        ("json", 7, &root_a, "transcripts", "segments", "Json", br#"{"speaker":"clinician","t":[0,1.5]}"#.to_vec(), r#"{"speaker":"clinician","t":[0,1.5]}"#.into(), &nonce_b),
+    struct Input<'a> {
+        name: &'a str,
+        key_id: u32,
+        root: &'a [u8],
+        table: &'a str,
+        column: &'a str,
+        ty: &'a str,
+        plaintext: Vec<u8>,
+        shown: String,
+        nonce: &'a [u8],
+    }
+    let input = |name, key_id, root, table, column, ty, plaintext, shown: &str, nonce| Input {
+        name,
+        key_id,
+        root,
+        table,
+        column,
+        ty,
+        plaintext,
+        shown: shown.to_string(),
+        nonce,
+    };
+    let uni = "Zoë Ångström — 東京 🩺";
+    let json = r#"{"speaker":"clinician","t":[0,1.5]}"#;
+    let inputs = vec![
+        input(
+            "email",
+            1,
+            &root_a,
+            "patients",
+            "email",
+            "String",
+            b"ada@example.org".to_vec(),
+            "ada@example.org",
+            &nonce_a,
+        ),
+        input(
+            "empty string",
+            1,
+            &root_a,
+            "patients",
+            "middle_name",
+            "String",
+            Vec::new(),
+            "",
+            &nonce_b,
+        ),
+        input(
+            "unicode, large key id",
+            0x0102_0304,
+            &root_b,
+            "transcripts",
+            "raw_text",
+            "String",
+            uni.as_bytes().to_vec(),
+            uni,
+            &nonce_a,
+        ),
+        input(
+            "i64",
+            2,
+            &root_b,
+            "patients",
+            "mrn",
+            "i64",
+            enc(&|o| (-42i64).encode(o).unwrap()),
+            "-42",
+            &nonce_b,
+        ),
+        input(
+            "bool",
+            2,
+            &root_b,
+            "patients",
+            "smoker",
+            "bool",
+            enc(&|o| true.encode(o).unwrap()),
+            "true",
+            &nonce_a,
+        ),
+        input(
+            "date",
+            1,
+            &root_a,
+            "patients",
+            "date_of_birth",
+            "NaiveDate",
+            enc(&|o| date.encode(o).unwrap()),
+            "1990-05-17",
+            &nonce_a,
+        ),
+        input(
+            "json",
+            7,
+            &root_a,
+            "transcripts",
+            "segments",
+            "Json",
+            json.as_bytes().to_vec(),
+            json,
+            &nonce_b,
+        ),
     ];
-    for (name, key_id, root, table, column, ty, pt, shown, nonce) in inputs {
-        let column_key = spec_derive(root, "column-key", &[table, column]);
-        let aad = spec_aad(key_id, table, column);
-        let n: [u8; 24] = nonce.clone().try_into().expect("24");
+    for i in inputs {
+        let column_key = spec_derive(i.root, "column-key", &[i.table, i.column]);
+        let aad = spec_aad(i.key_id, i.table, i.column);
+        let n: [u8; 24] = i.nonce.try_into().expect("24");
         let sealed = Xaes256Gcm::new(&column_key.into())
-            .encrypt(&n.into(), Payload { msg: &pt, aad: &aad })
+            .encrypt(
+                &n.into(),
+                Payload {
+                    msg: &i.plaintext,
+                    aad: &aad,
+                },
+            )
             .expect("seal");
         let mut env = aad[..5].to_vec();
-        env.extend_from_slice(nonce);
+        env.extend_from_slice(i.nonce);
         env.extend_from_slice(&sealed);
-        println!("```vector\nname: {name}\nkey id: {key_id}\nroot key: {}\ntable: {table}\ncolumn: {column}\ntype: {ty}\nvalue: {shown}\nplaintext: {}\nnonce: {}\ncolumn key: {}\naad: {}\nenvelope: {}\n```\n",
-            hex::encode(root), hex::encode(&pt), hex::encode(nonce), hex::encode(column_key), hex::encode(&aad), hex::encode(&env));
+        println!(
+            "```vector\nname: {}\nkey id: {}\nroot key: {}\ntable: {}\ncolumn: {}\ntype: {}\nvalue: {}\nplaintext: {}\nnonce: {}\ncolumn key: {}\naad: {}\nenvelope: {}\n```\n",
+            i.name,
+            i.key_id,
+            hex::encode(i.root),
+            i.table,
+            i.column,
+            i.ty,
+            i.shown,
+            hex::encode(&i.plaintext),
+            hex::encode(i.nonce),
+            hex::encode(column_key),
+            hex::encode(&aad),
+            hex::encode(&env)
+        );
     }
     let bi = spec_derive(&root_b, "blind-index-key", &["patients", "email_bidx"]);
-    println!("```blind-index-key\nname: email index\nkey id: 1\nroot key: {}\ntable: patients\nindex: email_bidx\nindex key: {}\n```", hex::encode(&root_b), hex::encode(bi));
+    println!(
+        "```blind-index-key\nname: email index\nkey id: 1\nroot key: {}\ntable: patients\nindex: email_bidx\nindex key: {}\n```",
+        hex::encode(&root_b),
+        hex::encode(bi)
+    );
 }

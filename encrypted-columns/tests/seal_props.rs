@@ -170,7 +170,11 @@ fn a_million_seals_repeat_no_nonce() {
     for _ in 0..1_000_000 {
         let env = ring.seal(CTX, b"x").unwrap();
         let nonce: [u8; NONCE_LEN] = env[5..5 + NONCE_LEN].try_into().unwrap();
-        assert!(seen.insert(nonce), "nonce repeated after {} seals", seen.len());
+        assert!(
+            seen.insert(nonce),
+            "nonce repeated after {} seals",
+            seen.len()
+        );
     }
 }
 
@@ -180,9 +184,14 @@ fn rotation_keeps_old_values_readable_and_seals_new_ones_with_the_new_key() {
     let old = EncryptedString::<Email>::new_with(&ring, "old@example.org".into()).unwrap();
     ring.add_key(KeyId(2), [0x22; 32]).unwrap();
     let still_old = EncryptedString::<Email>::new_with(&ring, "x".into()).unwrap();
-    assert_eq!(still_old.key_id(), KeyId(1), "added keys are decrypt-only until promoted");
+    assert_eq!(
+        still_old.key_id(),
+        KeyId(1),
+        "added keys are decrypt-only until promoted"
+    );
     ring.promote(KeyId(2)).unwrap();
-    let reopened = EncryptedString::<Email>::from_envelope_with(&ring, old.envelope().to_vec()).unwrap();
+    let reopened =
+        EncryptedString::<Email>::from_envelope_with(&ring, old.envelope().to_vec()).unwrap();
     assert_eq!(reopened.expose(), "old@example.org");
     let ring = Arc::new(ring);
     let resealed = keyring::scope_sync(Arc::clone(&ring), || reopened.reseal().unwrap());
@@ -195,7 +204,10 @@ fn rotation_keeps_old_values_readable_and_seals_new_ones_with_the_new_key() {
 fn no_keyring_is_a_typed_error() {
     // A fresh task with no scope and (in this test binary) nothing installed.
     keyring::uninstall();
-    assert_eq!(EncryptedString::<Email>::new("x".into()).unwrap_err(), Error::NoKeyring);
+    assert_eq!(
+        EncryptedString::<Email>::new("x".into()).unwrap_err(),
+        Error::NoKeyring
+    );
     assert_eq!(
         EncryptedString::<Email>::from_envelope(vec![1; 60]).unwrap_err(),
         Error::NoKeyring
@@ -208,6 +220,7 @@ fn debug_and_display_redact() {
     let v = EncryptedString::<Email>::new_with(&ring, "ada@example.org".into()).unwrap();
     assert!(!format!("{v:?}").contains("ada"));
     assert_eq!(v.to_string(), "<redacted>");
-    let err = EncryptedString::<Phone>::from_envelope_with(&ring, v.envelope().to_vec()).unwrap_err();
+    let err =
+        EncryptedString::<Phone>::from_envelope_with(&ring, v.envelope().to_vec()).unwrap_err();
     assert!(!err.to_string().contains("ada"));
 }

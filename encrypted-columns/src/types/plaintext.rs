@@ -213,7 +213,9 @@ mod json {
     /// let segments = Json(vec!["Doctor: hello".to_string()]);
     /// assert_eq!(segments.len(), 1); // derefs to the inner value
     /// ```
-    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize)]
+    #[derive(
+        Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
+    )]
     #[serde(transparent)]
     pub struct Json<T>(pub T);
 
@@ -282,7 +284,7 @@ mod tests {
     #[cfg(feature = "chrono")]
     #[test]
     fn dates_round_trip_at_edges() {
-        use chrono::{NaiveDate, NaiveDateTime, Utc, DateTime};
+        use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
         round_trip(NaiveDate::MIN);
         round_trip(NaiveDate::MAX);
         round_trip(NaiveDate::from_ymd_opt(1970, 1, 1).expect("date"));
@@ -290,7 +292,10 @@ mod tests {
         round_trip(NaiveDateTime::MAX);
         round_trip(DateTime::<Utc>::from_timestamp(1_700_000_000, 123_456_789).expect("ts"));
         let mut out = Vec::new();
-        NaiveDate::from_ymd_opt(1970, 1, 2).expect("date").encode(&mut out).expect("enc");
+        NaiveDate::from_ymd_opt(1970, 1, 2)
+            .expect("date")
+            .encode(&mut out)
+            .expect("enc");
         assert_eq!(out, [0, 0, 0, 1]);
     }
 
