@@ -70,8 +70,9 @@ impl Keyring {
     }
 
     /// Seals the bytes `write` appends, without an intermediate plaintext buffer. `len_hint`
-    /// should be the exact plaintext length: a buffer that has to grow leaves plaintext copies
-    /// in freed memory.
+    /// should be the exact plaintext length (or 0, with `write` reserving the exact length
+    /// before it appends): a buffer that grows while holding plaintext leaves copies of it in
+    /// freed memory.
     pub fn seal_with(
         &self,
         ctx: Context,

@@ -238,12 +238,32 @@ mod json {
     {
         const TYPE_NAME: &'static str = "Json";
         fn encoded_len(&self) -> usize {
-            128
+            // Unknown until serialized; `encode` reserves the exact length itself.
+            0
         }
         fn encode(&self, out: &mut Vec<u8>) -> Result<(), String> {
+            // Serialize into a scratch buffer wiped on drop, then copy once into `out` after
+            // reserving its exact length: `out` never reallocates while holding plaintext.
+            let mut json = Zeroizing::new(Vec::new());
             // serde_json's messages can quote the data: keep only the error category.
-            serde_json::to_writer(out, &self.0)
-                .map_err(|e| format!("serde_json refused the value ({:?} error)", e.classify()))
+            serde_json::to_writer(&mut *json, &self.0)
+                .map_err(|e| format!("serde_json refused the value ({:?} error)", e.classify()))?;
+            // serde_json writes NaN and infinities as `null`, and custom Serialize impls can be
+            // lossy too: refuse what would not read back equal, rather than store a row that
+            // fails (or differs) on every read.
+            match serde_json::from_slice::<T>(&json) {
+                Ok(back) if back == self.0 => {}
+                _ => {
+                    return Err(
+                        "the value does not read back equal from JSON (NaN or infinite \
+                                floats, or a lossy Serialize impl); store such values another way"
+                            .into(),
+                    );
+                }
+            }
+            out.reserve_exact(json.len());
+            out.extend_from_slice(&json);
+            Ok(())
         }
         fn decode(bytes: Zeroizing<Vec<u8>>) -> Result<Self, String> {
             serde_json::from_slice(&bytes).map(Json).map_err(|e| {
@@ -305,6 +325,19 @@ mod tests {
         assert!(!err.contains("secret"), "{err}");
         assert!(bool::decode(Zeroizing::new(vec![2])).is_err());
         assert!(i64::decode(Zeroizing::new(vec![1, 2])).is_err());
+    }
+
+    #[cfg(feature = "json")]
+    #[test]
+    fn json_that_would_not_read_back_is_refused() {
+        let mut out = Vec::new();
+        let err = Json(vec![1.0, f64::NAN]).encode(&mut out).unwrap_err();
+        assert!(err.contains("NaN"), "{err}");
+        assert!(out.is_empty(), "nothing written on refusal");
+        Json(vec![1.0, f64::MAX])
+            .encode(&mut out)
+            .expect("finite floats are fine");
+        assert_eq!(out, b"[1.0,1.7976931348623157e+308]");
     }
 
     #[cfg(feature = "json")]
