@@ -1,0 +1,3 @@
+//! SeaORM entities of the clinic.
+
+pub mod patient;
