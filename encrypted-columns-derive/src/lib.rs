@@ -1,8 +1,21 @@
-//! Derive macros for `encrypted-columns`.
+//! Derive macros for `encrypted-columns`; use them through the re-export
+//! `encrypted_columns::DeriveEncrypted` (see its documentation there).
 //!
-//! Reserved for the derives of the blind-index work (column-context markers, blind-index upkeep
-//! and lookup helpers, generated from `#[encrypted(..)]` field attributes). Until they land,
-//! declare column contexts with `encrypted_columns::column_context!`.
-//!
-//! Layout to follow: a thin `lib.rs` of entry points, one file per derive, attribute parsing in
-//! one place, and `syn::Error::new_spanned` for every user mistake.
+//! A thin entry point per derive; attribute parsing lives in `attributes`, expansion in one
+//! file per derive, and every user mistake is a spanned compile error.
+
+mod attributes;
+mod derive_encrypted;
+
+use proc_macro::TokenStream;
+use syn::{DeriveInput, parse_macro_input};
+
+/// Generates column-context markers, blind-index definitions and their upkeep and lookup
+/// helpers from `#[encrypted(..)]` attributes on a SeaORM `Model`.
+#[proc_macro_derive(DeriveEncrypted, attributes(encrypted))]
+pub fn derive_encrypted(input: TokenStream) -> TokenStream {
+    let input = parse_macro_input!(input as DeriveInput);
+    derive_encrypted::expand(input)
+        .unwrap_or_else(syn::Error::into_compile_error)
+        .into()
+}

@@ -117,6 +117,80 @@ pub enum Error {
         /// What went wrong; never contains plaintext.
         problem: String,
     },
+
+    /// A blind index is needed but no blind-index key is loaded.
+    #[error(
+        "no blind-index key is loaded: set ENCRYPTED_COLUMNS_BLIND_INDEX_KEYS to \
+         `<id>:<base64 of 32 random bytes>` (a key separate from ENCRYPTED_COLUMNS_KEYS; \
+         `clinic keys generate` prints one)"
+    )]
+    NoBlindIndexKey,
+
+    /// A blind index was defined or fed wrongly (bad width, wrong number of inputs, a
+    /// compound index with some of its fields missing from an `ActiveModel`, …).
+    #[error("{table}.{index}: {problem}")]
+    BlindIndex {
+        /// Logical table of the index.
+        table: &'static str,
+        /// The index name.
+        index: &'static str,
+        /// What is wrong and how to fix it; never contains plaintext.
+        problem: String,
+    },
+
+    /// An insert or update was refused by the UNIQUE constraint on a blind index: another
+    /// row already holds the same (normalized) value. Nothing was written.
+    #[error(
+        "{table}.{index}: another row already has this value (unique blind index), so nothing \
+         was written"
+    )]
+    Duplicate {
+        /// Logical table of the index.
+        table: &'static str,
+        /// The unique blind index that refused the row.
+        index: &'static str,
+    },
+
+    /// A column migration was asked to move to a phase it cannot reach from where it is (or
+    /// was never started). Nothing was changed.
+    #[error("{table}.{column}: cannot move the migration from `{from}` to `{to}`: {problem}")]
+    Phase {
+        /// Physical table.
+        table: String,
+        /// Plaintext column being migrated.
+        column: String,
+        /// The phase it is in (`none` if not started).
+        from: &'static str,
+        /// The phase asked for.
+        to: &'static str,
+        /// Why not, and what to run first.
+        problem: &'static str,
+    },
+
+    /// After cut-over a row has no encrypted value but still has plaintext: reading the
+    /// plaintext would silently bypass encryption, so the read fails instead.
+    #[error(
+        "{table}.{column}: the row has no encrypted value after cut-over; refusing to fall back \
+         to plaintext (re-run the backfill and verify)"
+    )]
+    FallbackRefused {
+        /// Physical table.
+        table: String,
+        /// Plaintext column.
+        column: String,
+    },
+
+    /// A migration or rotation run was configured wrongly (unknown table or column, a
+    /// primary key that is not an integer, …).
+    #[error("{table}.{column}: {problem}")]
+    Migration {
+        /// Physical table.
+        table: String,
+        /// Column concerned.
+        column: String,
+        /// What is wrong and how to fix it.
+        problem: String,
+    },
 }
 
 impl Error {

@@ -31,6 +31,7 @@ use hkdf::Hkdf;
 use sha2::Sha256;
 use zeroize::Zeroizing;
 
+use crate::blind_index::IndexMac;
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::seal::ColumnCipher;
@@ -137,6 +138,9 @@ pub struct Keyring {
     blind_index_keys: BTreeMap<KeyId, RootKey>,
     active_blind_index: Option<KeyId>,
     ciphers: RwLock<HashMap<(KeyId, Context), Arc<ColumnCipher>>>,
+    /// Keyed HMAC states per (blind-index key, table, index): deriving a key costs more than
+    /// computing an index value, so each is derived once.
+    index_macs: RwLock<HashMap<(KeyId, Context), Arc<IndexMac>>>,
 }
 
 impl Clone for Keyring {
@@ -147,6 +151,7 @@ impl Clone for Keyring {
             blind_index_keys: self.blind_index_keys.clone(),
             active_blind_index: self.active_blind_index,
             ciphers: RwLock::default(),
+            index_macs: RwLock::default(),
         }
     }
 }
@@ -177,6 +182,7 @@ impl Keyring {
             blind_index_keys: BTreeMap::new(),
             active_blind_index: None,
             ciphers: RwLock::default(),
+            index_macs: RwLock::default(),
         }
     }
 
@@ -256,6 +262,7 @@ impl Keyring {
     }
 
     fn insert_blind_index_key(&mut self, id: KeyId, key: RootKey) -> Result<()> {
+        check_blind_index_id(&format!("blind-index key {id}"), id)?;
         if self.blind_index_keys.contains_key(&id) {
             return Err(Error::key_config(
                 format!("blind-index key {id}"),
@@ -276,6 +283,28 @@ impl Keyring {
             ));
         }
         self.active_blind_index = Some(id);
+        Ok(())
+    }
+
+    /// Retires blind-index key `id`: lookups stop querying index values of that version. Run
+    /// the index backfill first so no row still holds one. The active key cannot be removed.
+    pub fn remove_blind_index_key(&mut self, id: KeyId) -> Result<()> {
+        if Some(id) == self.active_blind_index {
+            return Err(Error::key_config(
+                format!("blind-index key {id}"),
+                "cannot remove the active blind-index key; promote another one first",
+            ));
+        }
+        if self.blind_index_keys.remove(&id).is_none() {
+            return Err(Error::key_config(
+                format!("blind-index key {id}"),
+                "no blind-index key with this id",
+            ));
+        }
+        self.index_macs
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(version, _), _| *version != id);
         Ok(())
     }
 
@@ -351,6 +380,9 @@ impl Keyring {
             Some(v) => parse_key_list(ENV_BLIND_INDEX_KEYS, v)?,
             None => BTreeMap::new(),
         };
+        for id in blind_index_keys.keys() {
+            check_blind_index_id(ENV_BLIND_INDEX_KEYS, *id)?;
+        }
         let active_blind_index = if blind_index_keys.is_empty() {
             None
         } else {
@@ -382,6 +414,7 @@ impl Keyring {
             blind_index_keys,
             active_blind_index,
             ciphers: RwLock::default(),
+            index_macs: RwLock::default(),
         })
     }
 
@@ -402,6 +435,30 @@ impl Keyring {
         ))
     }
 
+    /// The keyed HMAC state for blind index `index` of `table` under blind-index key
+    /// `version`, deriving it on first use (FORMAT.md, "Blind indexes").
+    pub(crate) fn index_mac(&self, version: KeyId, index: Context) -> Result<Arc<IndexMac>> {
+        let cached = self
+            .index_macs
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&(version, index))
+            .cloned();
+        if let Some(mac) = cached {
+            return Ok(mac);
+        }
+        index.validate()?;
+        let key = self.blind_index_key(version, index.table(), index.column())?;
+        let mac = Arc::new(IndexMac::new(&key));
+        Ok(Arc::clone(
+            self.index_macs
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry((version, index))
+                .or_insert(mac),
+        ))
+    }
+
     fn cache_read(
         &self,
     ) -> std::sync::RwLockReadGuard<'_, HashMap<(KeyId, Context), Arc<ColumnCipher>>> {
@@ -413,6 +470,21 @@ impl Keyring {
         &self,
     ) -> std::sync::RwLockWriteGuard<'_, HashMap<(KeyId, Context), Arc<ColumnCipher>>> {
         self.ciphers.write().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Blind-index values start with their key id as one byte (FORMAT.md), so ids are 1..=255.
+fn check_blind_index_id(origin: &str, id: KeyId) -> Result<()> {
+    if (1..=255).contains(&id.0) {
+        Ok(())
+    } else {
+        Err(Error::key_config(
+            origin,
+            format!(
+                "blind-index key id {id} is out of range: blind-index key ids are 1 to 255 \
+                 (each index value records its key id in one byte)"
+            ),
+        ))
     }
 }
 

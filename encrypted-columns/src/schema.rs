@@ -1,4 +1,4 @@
-//! Column types for envelope columns, per backend.
+//! Column types for envelope and blind-index columns, per backend.
 //!
 //! `Encrypted<T, C>` declares `ColumnType::Blob`: `bytea` on PostgreSQL, `blob` on SQLite, and
 //! `blob` on MySQL/MariaDB — which holds at most 65,535 bytes. On MySQL a longer envelope is
@@ -9,6 +9,7 @@
 use sea_orm::DbBackend;
 use sea_orm::sea_query::{Alias, ColumnType};
 
+use crate::blind_index::BlindIndex;
 use crate::envelope::OVERHEAD;
 
 /// Largest envelope a MySQL `blob` holds.
@@ -39,4 +40,22 @@ pub fn envelope_column_type(backend: DbBackend, max_plaintext_len: usize) -> Col
         }
         _ => ColumnType::Blob,
     }
+}
+
+/// The column type of a blind-index companion column: fixed-size binary of
+/// [`BlindIndex::value_len`] bytes (`binary(n)` on MySQL, where a BLOB could not carry a
+/// UNIQUE index; `bytea` on PostgreSQL; `blob` on SQLite).
+///
+/// ```
+/// use encrypted_columns::blind_index::{BlindIndex, Pipeline};
+/// use encrypted_columns::schema::blind_index_column_type;
+/// use sea_orm::sea_query::ColumnType;
+///
+/// let email = BlindIndex::new("patients", "email_bidx").field(Pipeline::identity());
+/// assert_eq!(blind_index_column_type(&email), ColumnType::Binary(33));
+/// assert_eq!(blind_index_column_type(&email.bits(16)), ColumnType::Binary(3));
+/// ```
+pub fn blind_index_column_type(index: &BlindIndex) -> ColumnType {
+    // value_len is at most 33.
+    ColumnType::Binary(index.value_len() as u32)
 }

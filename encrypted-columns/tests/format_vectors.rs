@@ -189,11 +189,11 @@ fn blind_index_key_vectors_match_spec() {
         let (table, index) = (v.get("table"), v.get("index"));
         let spec = spec_derive(&root, "blind-index-key", &[table, index]);
         assert_eq!(hex::encode(spec), v.get("index key"), "{}", v.name);
-        let mut ring = Keyring::generate();
-        ring.add_blind_index_key(KeyId(version + 1000), root.clone().try_into().expect("32"))
+        let mut ring = Keyring::new(KeyId(1), [0x55; 32]);
+        ring.add_blind_index_key(KeyId(version), root.clone().try_into().expect("32"))
             .expect("add");
         let ours = ring
-            .blind_index_key(KeyId(version + 1000), table, index)
+            .blind_index_key(KeyId(version), table, index)
             .expect("derive");
         assert_eq!(
             hex::encode(ours.as_slice()),
@@ -361,4 +361,244 @@ fn print_vectors_when_asked() {
         hex::encode(&root_b),
         hex::encode(bi)
     );
+}
+
+/// One input part of a blind-index vector: text (with transforms) or raw bytes.
+enum Part<'a> {
+    Text(&'a str, &'a str),
+    Bytes(Vec<u8>),
+}
+
+/// FORMAT.md §8 by hand: message = parts as u32 length || bytes; value = key id byte ||
+/// HMAC-SHA256 truncated to `bits`, spare low bits zeroed.
+fn spec_blind_value(
+    index_key: &[u8],
+    version: u8,
+    bits: usize,
+    normalized: &[Vec<u8>],
+) -> (Vec<u8>, Vec<u8>) {
+    use hmac::{KeyInit as _, Mac};
+    let mut message = Vec::new();
+    for part in normalized {
+        message.extend_from_slice(&(part.len() as u32).to_be_bytes());
+        message.extend_from_slice(part);
+    }
+    let mut mac = hmac::Hmac::<Sha256>::new_from_slice(index_key).expect("key");
+    mac.update(&message);
+    let tag = mac.finalize().into_bytes();
+    let bytes = bits.div_ceil(8);
+    let mut value = vec![version];
+    value.extend_from_slice(&tag[..bytes]);
+    let spare = bytes * 8 - bits;
+    if spare > 0 {
+        *value.last_mut().expect("non-empty") &= 0xffu8 << spare;
+    }
+    (message, value)
+}
+
+fn library_blind_value(
+    ring: &Keyring,
+    table: &str,
+    index: &str,
+    bits: u16,
+    parts: &[Part<'_>],
+) -> (Vec<u8>, Vec<u8>) {
+    use encrypted_columns::blind_index::{BlindIndex, IndexInput, Pipeline};
+    let mut idx = BlindIndex::named(table, index).expect("names").bits(bits);
+    let mut inputs = Vec::new();
+    for part in parts {
+        match part {
+            Part::Text(transforms, text) => {
+                idx = idx.field(Pipeline::parse(transforms).expect("transforms"));
+                inputs.push(IndexInput::Text(text));
+            }
+            Part::Bytes(bytes) => {
+                idx = idx.field(Pipeline::identity());
+                inputs.push(IndexInput::Bytes(bytes.as_slice().into()));
+            }
+        }
+    }
+    let message = idx.message(&inputs).expect("message").to_vec();
+    let some: Vec<_> = inputs.into_iter().map(Some).collect();
+    let value = idx
+        .compute(ring, &some)
+        .expect("compute")
+        .expect("non-null");
+    (message, value)
+}
+
+#[test]
+fn blind_index_vectors_match_spec_and_library() {
+    let all = vectors("blind-index");
+    assert!(
+        all.len() >= 5,
+        "FORMAT.md must hold at least 5 blind-index vectors"
+    );
+    for v in all {
+        let version: u8 = v.get("key id").parse().expect("id");
+        let root: [u8; 32] = v.hex("root key").try_into().expect("32 bytes");
+        let (table, index) = (v.get("table"), v.get("index"));
+        let bits: u16 = v.get("bits").parse().expect("bits");
+        let count: usize = v.get("parts").parse().expect("parts");
+        let index_key = spec_derive(&root, "blind-index-key", &[table, index]);
+        assert_eq!(hex::encode(index_key), v.get("index key"), "{}", v.name);
+
+        let mut normalized = Vec::new();
+        let mut texts = Vec::new();
+        for i in 1..=count {
+            normalized.push(v.hex(&format!("part {i} normalized")));
+            let raw = v.hex(&format!("part {i} input"));
+            texts.push((v.get(&format!("part {i} transforms")).to_string(), raw));
+        }
+        let (message, value) = spec_blind_value(&index_key, version, bits.into(), &normalized);
+        assert_eq!(
+            hex::encode(&message),
+            v.get("message"),
+            "{}: spec message",
+            v.name
+        );
+        assert_eq!(
+            hex::encode(&value),
+            v.get("value"),
+            "{}: spec value",
+            v.name
+        );
+
+        let parts: Vec<Part<'_>> = texts
+            .iter()
+            .enumerate()
+            .map(
+                |(i, (transforms, raw))| match v.get(&format!("part {} kind", i + 1)) {
+                    "text" => Part::Text(transforms, std::str::from_utf8(raw).expect("utf-8")),
+                    _ => Part::Bytes(raw.clone()),
+                },
+            )
+            .collect();
+        let mut ring = Keyring::new(KeyId(1), [0x55; 32]);
+        ring.add_blind_index_key(KeyId(version.into()), root)
+            .expect("add");
+        let (lib_message, lib_value) = library_blind_value(&ring, table, index, bits, &parts);
+        assert_eq!(
+            hex::encode(lib_message),
+            v.get("message"),
+            "{}: library message",
+            v.name
+        );
+        assert_eq!(
+            hex::encode(lib_value),
+            v.get("value"),
+            "{}: library value",
+            v.name
+        );
+    }
+}
+
+/// Prints blind-index vector blocks (used to write FORMAT.md §8, not a check).
+#[test]
+fn print_blind_index_vectors_when_asked() {
+    if std::env::var_os("PRINT_VECTORS").is_none() {
+        return;
+    }
+    let root_b: [u8; 32] = std::array::from_fn(|i| 0xff - i as u8);
+    let root_c: [u8; 32] = std::array::from_fn(|i| 0x40 + i as u8);
+    let dob = 7441i32.to_be_bytes().to_vec(); // 1990-05-17 as NaiveDate encoding
+    type Case<'a> = (&'a str, u8, [u8; 32], &'a str, &'a str, u16, Vec<Part<'a>>);
+    let cases: Vec<Case<'_>> = vec![
+        (
+            "email, full width",
+            1,
+            root_b,
+            "patients",
+            "email_bidx",
+            256,
+            vec![Part::Text("email", " Ada@Example.ORG ")],
+        ),
+        (
+            "phone last 4, 16 bits",
+            1,
+            root_b,
+            "patients",
+            "phone_last4_bidx",
+            16,
+            vec![Part::Text("digits, last(4)", "+1 (555) 010-0199")],
+        ),
+        (
+            "email domain, 12 bits",
+            1,
+            root_b,
+            "patients",
+            "email_domain_bidx",
+            12,
+            vec![Part::Text("email_domain", "Ada@Example.org")],
+        ),
+        (
+            "compound last name + date of birth",
+            2,
+            root_c,
+            "patients",
+            "name_dob_bidx",
+            32,
+            vec![
+                Part::Text("casefold, trim", "  Ångström "),
+                Part::Bytes(dob),
+            ],
+        ),
+        (
+            "casefold, key 7",
+            7,
+            root_c,
+            "patients",
+            "last_name_bidx",
+            256,
+            vec![Part::Text("casefold", "STRAßE ﬁ")],
+        ),
+        (
+            "identity text",
+            1,
+            root_b,
+            "clinical_notes",
+            "author_bidx",
+            64,
+            vec![Part::Text("", "Dr. Q")],
+        ),
+    ];
+    for (name, version, root, table, index, bits, parts) in cases {
+        let mut ring = Keyring::new(KeyId(1), [0x55; 32]);
+        ring.add_blind_index_key(KeyId(version.into()), root)
+            .expect("add");
+        let (message, value) = library_blind_value(&ring, table, index, bits, &parts);
+        let index_key = spec_derive(&root, "blind-index-key", &[table, index]);
+        println!(
+            "```blind-index\nname: {name}\nkey id: {version}\nroot key: {}\ntable: {table}\nindex: {index}\nbits: {bits}\nparts: {}",
+            hex::encode(root),
+            parts.len()
+        );
+        for (i, part) in parts.iter().enumerate() {
+            let n = i + 1;
+            match part {
+                Part::Text(t, text) => {
+                    let normalized = encrypted_columns::blind_index::Pipeline::parse(t)
+                        .expect("t")
+                        .apply(text)
+                        .into_owned();
+                    println!(
+                        "part {n} kind: text\npart {n} transforms: {t}\npart {n} input: {}\npart {n} normalized: {}",
+                        hex::encode(text),
+                        hex::encode(normalized)
+                    );
+                }
+                Part::Bytes(b) => println!(
+                    "part {n} kind: bytes\npart {n} transforms: \npart {n} input: {}\npart {n} normalized: {}",
+                    hex::encode(b),
+                    hex::encode(b)
+                ),
+            }
+        }
+        println!(
+            "message: {}\nindex key: {}\nvalue: {}\n```\n",
+            hex::encode(message),
+            hex::encode(index_key),
+            hex::encode(value)
+        );
+    }
 }
