@@ -1,0 +1,162 @@
+//! One-line schema steps for a user's `sea-orm-migration` migrations, correct on SQLite (one
+//! change per `ALTER TABLE`, indexes dropped before their columns), PostgreSQL and MariaDB.
+//! They also record the column's migration phase, so the steps cannot run out of order.
+//!
+//! ```ignore
+//! // m20261201_000001_encrypt_legacy_email.rs
+//! async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+//!     schema::add_encrypted_column(manager, "legacy_patients", "email", "email_enc", 320).await?;
+//!     schema::add_blind_index_column(manager, "legacy_patients", "email_bidx", legacy_patient::Entity::email_bidx_index()).await
+//! }
+//! ```
+
+use sea_orm::sea_query::{ColumnDef, Index, Table};
+use sea_orm::{ConnectionTrait, DbErr};
+use sea_orm_migration::SchemaManager;
+
+use super::sql::a;
+use super::{Phase, state};
+use crate::blind_index::BlindIndex;
+use crate::schema::{blind_index_column_type, envelope_column_type};
+
+/// The index name the helpers give a blind-index column: `{table}_{column}`, which carries
+/// the column name so [`unique_violation`](crate::blind_index::unique_violation) can report it.
+pub fn index_name(table: &str, column: &str) -> String {
+    format!("{table}_{column}")
+}
+
+/// Adds nullable envelope column `encrypted` next to plaintext column `plaintext` (sized for
+/// plaintexts up to `max_plaintext_len` bytes on MySQL) and records phase `added`.
+pub async fn add_encrypted_column(
+    manager: &SchemaManager<'_>,
+    table: &str,
+    plaintext: &str,
+    encrypted: &str,
+    max_plaintext_len: usize,
+) -> Result<(), DbErr> {
+    let column_type = envelope_column_type(manager.get_database_backend(), max_plaintext_len);
+    manager
+        .alter_table(
+            Table::alter()
+                .table(a(table))
+                .add_column(ColumnDef::new_with_type(a(encrypted), column_type).null())
+                .to_owned(),
+        )
+        .await?;
+    state::start(manager.get_connection(), table, plaintext).await?;
+    Ok(())
+}
+
+/// Adds nullable blind-index column `column` sized for `index`, with an index named
+/// [`index_name`] (UNIQUE if the index is). NULLs do not collide in a UNIQUE index on any of
+/// the three databases, so rows can be filled gradually.
+pub async fn add_blind_index_column(
+    manager: &SchemaManager<'_>,
+    table: &str,
+    column: &str,
+    index: &BlindIndex,
+) -> Result<(), DbErr> {
+    manager
+        .alter_table(
+            Table::alter()
+                .table(a(table))
+                .add_column(
+                    ColumnDef::new_with_type(a(column), blind_index_column_type(index)).null(),
+                )
+                .to_owned(),
+        )
+        .await?;
+    let mut create = Index::create();
+    create
+        .name(index_name(table, column))
+        .table(a(table))
+        .col(a(column));
+    if index.is_unique() {
+        create.unique();
+    }
+    manager.create_index(create.to_owned()).await
+}
+
+/// Drops the plaintext column after cut-over (dropping `indexes` on it first, as SQLite
+/// requires) and records phase `dropped`. Refused, with nothing changed, before cut-over.
+pub async fn drop_plaintext_column(
+    manager: &SchemaManager<'_>,
+    table: &str,
+    plaintext: &str,
+    indexes: &[&str],
+) -> Result<(), DbErr> {
+    let current = state::load(manager.get_connection(), table, plaintext)
+        .await?
+        .ok_or_else(|| state::not_started(table, plaintext))?;
+    if let Some(problem) = current.phase.check_transition(Phase::Dropped) {
+        return Err(crate::Error::Phase {
+            table: table.to_owned(),
+            column: plaintext.to_owned(),
+            from: current.phase.as_str(),
+            to: Phase::Dropped.as_str(),
+            problem,
+        }
+        .into());
+    }
+    for index in indexes {
+        manager
+            .drop_index(Index::drop().name(*index).table(a(table)).to_owned())
+            .await?;
+    }
+    manager
+        .alter_table(
+            Table::alter()
+                .table(a(table))
+                .drop_column(a(plaintext))
+                .to_owned(),
+        )
+        .await?;
+    state::transition(
+        manager.get_connection(),
+        table,
+        plaintext,
+        Phase::Dropped,
+        None,
+    )
+    .await?;
+    Ok(())
+}
+
+/// Rewrites `table` so the bytes of dropped or overwritten plaintext leave the database
+/// files. Dropping a column does not erase its data: SQLite keeps freed pages, PostgreSQL
+/// only marks the column dropped, MariaDB may drop it instantly. This runs `VACUUM` (SQLite,
+/// whole file), `ALTER TABLE … FORCE` (MySQL/MariaDB, an online rebuild) or `VACUUM FULL`
+/// (PostgreSQL: takes an exclusive lock on the table for the rewrite; use `pg_repack` where
+/// that is too long). Run it outside a transaction. Backups and replicas taken earlier still
+/// hold plaintext: expire them on your retention schedule.
+pub async fn purge_dropped_data(manager: &SchemaManager<'_>, table: &str) -> Result<(), DbErr> {
+    let quoted = |q: char| format!("{q}{}{q}", table.replace(q, &format!("{q}{q}")));
+    let sql = match manager.get_database_backend() {
+        sea_orm::DbBackend::Sqlite => "VACUUM".to_owned(),
+        sea_orm::DbBackend::MySql => format!("ALTER TABLE {} FORCE", quoted('`')),
+        _ => format!("VACUUM FULL {}", quoted('"')),
+    };
+    manager
+        .get_connection()
+        .execute_unprepared(&sql)
+        .await
+        .map(|_| ())
+}
+
+/// Renames a column (e.g. `email_enc` → `email` once the plaintext `email` is gone). The
+/// envelope binds the *logical* column name, so renaming the physical column is safe.
+pub async fn rename_column(
+    manager: &SchemaManager<'_>,
+    table: &str,
+    from: &str,
+    to: &str,
+) -> Result<(), DbErr> {
+    manager
+        .alter_table(
+            Table::alter()
+                .table(a(table))
+                .rename_column(a(from), a(to))
+                .to_owned(),
+        )
+        .await
+}

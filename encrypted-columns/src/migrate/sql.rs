@@ -1,0 +1,63 @@
+//! SQL pieces shared by backfill, verify and rotation: portable across SQLite, PostgreSQL and
+//! MySQL/MariaDB, built with sea-query (values are always bound, never spliced).
+
+use sea_orm::sea_query::{Alias, Expr, ExprTrait, Func, Query};
+use sea_orm::{ConnectionTrait, DbBackend, DbErr, QueryResult};
+
+use crate::error::Error;
+
+pub(crate) fn a(name: &str) -> Alias {
+    Alias::new(name)
+}
+
+/// Reads an integer primary key whatever its width (PostgreSQL will not decode INT4 as i64).
+pub(crate) fn pk_of(row: &QueryResult, table: &str, column: &str) -> Result<i64, DbErr> {
+    if let Ok(v) = row.try_get::<i64>("", column) {
+        return Ok(v);
+    }
+    row.try_get::<i32>("", column).map(i64::from).map_err(|_| {
+        Error::Migration {
+            table: table.to_owned(),
+            column: column.to_owned(),
+            problem: "the primary key must be an integer column (keyset pagination orders by it)"
+                .into(),
+        }
+        .into()
+    })
+}
+
+/// Fails with a clear error naming the table and columns if any does not exist.
+pub(crate) async fn check_columns<C: ConnectionTrait>(
+    db: &C,
+    table: &str,
+    columns: &[&str],
+) -> Result<(), DbErr> {
+    let probe = Query::select()
+        .columns(columns.iter().map(|c| a(c)))
+        .from(a(table))
+        .and_where(Expr::val(1).eq(0))
+        .to_owned();
+    match db.query_all(&probe).await {
+        Ok(_) => Ok(()),
+        Err(err) => Err(Error::Migration {
+            table: table.to_owned(),
+            column: columns.join(", "),
+            problem: format!(
+                "cannot read these columns ({err}); check the table and column names in the \
+                 migration spec"
+            ),
+        }
+        .into()),
+    }
+}
+
+/// `col = value` compared byte for byte: MySQL's default collations would call "ada" and
+/// "ADA" equal and let a stale value through the guard.
+pub(crate) fn exact_eq(backend: DbBackend, text: bool, col: &str, value: sea_orm::Value) -> Expr {
+    if text && backend == DbBackend::MySql {
+        Expr::expr(Func::cast_as(Expr::col(a(col)), a("BINARY")))
+            .eq(Func::cast_as(Expr::val(value), a("BINARY")))
+    } else {
+        Expr::col(a(col)).eq(value)
+    }
+}

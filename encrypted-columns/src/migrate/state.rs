@@ -1,0 +1,384 @@
+//! The persisted state of each column migration: a small table we own,
+//! `encrypted_columns_migrations`, plus an append-only log of transitions,
+//! `encrypted_columns_migration_log`. Both are created on first use.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use sea_orm::sea_query::{
+    Alias, ColumnDef, Expr, ExprTrait, Index, OnConflict, Order, Query, Table,
+};
+use sea_orm::{ConnectionTrait, DbErr, QueryResult};
+
+use super::phase::Phase;
+use crate::error::Error;
+
+/// Name of the state table.
+pub const STATE_TABLE: &str = "encrypted_columns_migrations";
+/// Name of the transition log table.
+pub const LOG_TABLE: &str = "encrypted_columns_migration_log";
+
+/// What a state row tracks: encrypting a plaintext column, or re-keying an encrypted one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Plaintext → encrypted (the phased migration).
+    Encrypt,
+    /// Re-encryption / re-indexing under the active keys.
+    Rotate,
+}
+
+impl Kind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Kind::Encrypt => "encrypt",
+            Kind::Rotate => "rotate",
+        }
+    }
+}
+
+/// One row of the state table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MigrationState {
+    /// Physical table.
+    pub table: String,
+    /// Column being migrated (the plaintext column, or the encrypted one for rotation).
+    pub column: String,
+    /// Current phase (rotation rows stay in `backfilling` / `backfilled`).
+    pub phase: Phase,
+    /// Last primary key a committed batch covered; the next batch starts after it.
+    pub cursor: Option<i64>,
+    /// Rows sealed (or resealed) so far.
+    pub rows_done: i64,
+    /// For rotation: the key ids the run targets (`encryption:blind`), to restart when they change.
+    pub target: Option<String>,
+    /// Milliseconds since the Unix epoch of the last change.
+    pub updated_at_ms: i64,
+}
+
+pub(crate) fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+fn a(name: &str) -> Alias {
+    Alias::new(name)
+}
+
+/// Creates the state and log tables if they do not exist.
+pub async fn ensure_tables<C: ConnectionTrait>(db: &C) -> Result<(), DbErr> {
+    let state = Table::create()
+        .table(a(STATE_TABLE))
+        .if_not_exists()
+        .col(ColumnDef::new(a("table_name")).string_len(190).not_null())
+        .col(ColumnDef::new(a("column_name")).string_len(190).not_null())
+        .col(ColumnDef::new(a("kind")).string_len(16).not_null())
+        .col(ColumnDef::new(a("phase")).string_len(32).not_null())
+        .col(ColumnDef::new(a("cursor_pk")).big_integer().null())
+        .col(
+            ColumnDef::new(a("rows_done"))
+                .big_integer()
+                .not_null()
+                .default(0),
+        )
+        .col(ColumnDef::new(a("target")).string_len(64).null())
+        .col(ColumnDef::new(a("updated_at_ms")).big_integer().not_null())
+        .primary_key(
+            Index::create()
+                .col(a("table_name"))
+                .col(a("column_name"))
+                .col(a("kind")),
+        )
+        .to_owned();
+    db.execute(&state).await?;
+    let log = Table::create()
+        .table(a(LOG_TABLE))
+        .if_not_exists()
+        .col(
+            ColumnDef::new(a("id"))
+                .big_integer()
+                .not_null()
+                .auto_increment()
+                .primary_key(),
+        )
+        .col(ColumnDef::new(a("table_name")).string_len(190).not_null())
+        .col(ColumnDef::new(a("column_name")).string_len(190).not_null())
+        .col(ColumnDef::new(a("kind")).string_len(16).not_null())
+        .col(ColumnDef::new(a("from_phase")).string_len(32).null())
+        .col(ColumnDef::new(a("to_phase")).string_len(32).not_null())
+        .col(ColumnDef::new(a("rows_count")).big_integer().null())
+        .col(ColumnDef::new(a("note")).string_len(500).null())
+        .col(ColumnDef::new(a("at_ms")).big_integer().not_null())
+        .to_owned();
+    db.execute(&log).await?;
+    Ok(())
+}
+
+fn parse_row(row: &QueryResult) -> Result<MigrationState, DbErr> {
+    let phase: String = row.try_get("", "phase")?;
+    Ok(MigrationState {
+        table: row.try_get("", "table_name")?,
+        column: row.try_get("", "column_name")?,
+        phase: phase
+            .parse()
+            .map_err(|e: String| DbErr::Custom(format!("{STATE_TABLE}: {e}")))?,
+        cursor: row.try_get("", "cursor_pk")?,
+        rows_done: row.try_get("", "rows_done")?,
+        target: row.try_get("", "target")?,
+        updated_at_ms: row.try_get("", "updated_at_ms")?,
+    })
+}
+
+/// The state of `table.column`, if a migration was started.
+pub async fn load<C: ConnectionTrait>(
+    db: &C,
+    table: &str,
+    column: &str,
+) -> Result<Option<MigrationState>, DbErr> {
+    load_kind(db, table, column, Kind::Encrypt).await
+}
+
+pub(crate) async fn load_kind<C: ConnectionTrait>(
+    db: &C,
+    table: &str,
+    column: &str,
+    kind: Kind,
+) -> Result<Option<MigrationState>, DbErr> {
+    ensure_tables(db).await?;
+    let q = Query::select()
+        .columns([
+            a("table_name"),
+            a("column_name"),
+            a("phase"),
+            a("cursor_pk"),
+            a("rows_done"),
+            a("target"),
+            a("updated_at_ms"),
+        ])
+        .from(a(STATE_TABLE))
+        .and_where(Expr::col(a("table_name")).eq(table))
+        .and_where(Expr::col(a("column_name")).eq(column))
+        .and_where(Expr::col(a("kind")).eq(kind.as_str()))
+        .to_owned();
+    db.query_one(&q).await?.as_ref().map(parse_row).transpose()
+}
+
+/// Every migration's state, for status reports.
+pub async fn list<C: ConnectionTrait>(db: &C) -> Result<Vec<MigrationState>, DbErr> {
+    ensure_tables(db).await?;
+    let q = Query::select()
+        .columns([
+            a("table_name"),
+            a("column_name"),
+            a("phase"),
+            a("cursor_pk"),
+            a("rows_done"),
+            a("target"),
+            a("updated_at_ms"),
+        ])
+        .from(a(STATE_TABLE))
+        .and_where(Expr::col(a("kind")).eq(Kind::Encrypt.as_str()))
+        .order_by(a("table_name"), Order::Asc)
+        .order_by(a("column_name"), Order::Asc)
+        .to_owned();
+    db.query_all(&q).await?.iter().map(parse_row).collect()
+}
+
+/// Records that the encrypted companion of `table.column` exists: phase `added`. Idempotent.
+pub async fn start<C: ConnectionTrait>(
+    db: &C,
+    table: &str,
+    column: &str,
+) -> Result<MigrationState, DbErr> {
+    create_kind(db, table, column, Kind::Encrypt, Phase::Added, None).await
+}
+
+pub(crate) async fn create_kind<C: ConnectionTrait>(
+    db: &C,
+    table: &str,
+    column: &str,
+    kind: Kind,
+    phase: Phase,
+    target: Option<&str>,
+) -> Result<MigrationState, DbErr> {
+    ensure_tables(db).await?;
+    if let Some(existing) = load_kind(db, table, column, kind).await? {
+        return Ok(existing);
+    }
+    let insert = Query::insert()
+        .into_table(a(STATE_TABLE))
+        .columns([
+            a("table_name"),
+            a("column_name"),
+            a("kind"),
+            a("phase"),
+            a("rows_done"),
+            a("target"),
+            a("updated_at_ms"),
+        ])
+        .values_panic([
+            table.into(),
+            column.into(),
+            kind.as_str().into(),
+            phase.as_str().into(),
+            0i64.into(),
+            target.map(str::to_owned).into(),
+            now_ms().into(),
+        ])
+        .on_conflict(
+            // MySQL has no `DO NOTHING`: `do_nothing_on` renders a no-op
+            // `ON DUPLICATE KEY UPDATE table_name = table_name` there.
+            OnConflict::columns([a("table_name"), a("column_name"), a("kind")])
+                .do_nothing_on([a("table_name")])
+                .to_owned(),
+        )
+        .to_owned();
+    // Two processes may start at once; the loser's insert does nothing. Any other failure
+    // is reported with the database's own message.
+    let inserted = db.execute(&insert).await;
+    match load_kind(db, table, column, kind).await? {
+        Some(state) => {
+            if inserted.as_ref().is_ok_and(|r| r.rows_affected() == 1) {
+                log(db, table, column, kind, None, phase, None, Some("started")).await?;
+            }
+            Ok(state)
+        }
+        None => Err(match inserted {
+            Err(e) => DbErr::Custom(format!(
+                "{STATE_TABLE}: could not record {table}.{column}: {e}"
+            )),
+            Ok(_) => DbErr::Custom(format!(
+                "{STATE_TABLE}: could not record {table}.{column}: the row is missing after insert"
+            )),
+        }),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn log<C: ConnectionTrait>(
+    db: &C,
+    table: &str,
+    column: &str,
+    kind: Kind,
+    from: Option<Phase>,
+    to: Phase,
+    rows: Option<i64>,
+    note: Option<&str>,
+) -> Result<(), DbErr> {
+    let insert = Query::insert()
+        .into_table(a(LOG_TABLE))
+        .columns([
+            a("table_name"),
+            a("column_name"),
+            a("kind"),
+            a("from_phase"),
+            a("to_phase"),
+            a("rows_count"),
+            a("note"),
+            a("at_ms"),
+        ])
+        .values_panic([
+            table.into(),
+            column.into(),
+            kind.as_str().into(),
+            from.map(|p| p.as_str().to_owned()).into(),
+            to.as_str().into(),
+            rows.into(),
+            note.map(|n| n.chars().take(500).collect::<String>()).into(),
+            now_ms().into(),
+        ])
+        .to_owned();
+    db.execute(&insert).await.map(|_| ())
+}
+
+/// Moves `table.column` to phase `to`, if that move is legal from the phase it is in.
+/// Refused moves change nothing and return [`Error::Phase`] (inside the `DbErr`).
+pub async fn transition<C: ConnectionTrait>(
+    db: &C,
+    table: &str,
+    column: &str,
+    to: Phase,
+    rows: Option<i64>,
+) -> Result<MigrationState, DbErr> {
+    transition_kind(db, table, column, Kind::Encrypt, to, rows).await
+}
+
+pub(crate) async fn transition_kind<C: ConnectionTrait>(
+    db: &C,
+    table: &str,
+    column: &str,
+    kind: Kind,
+    to: Phase,
+    rows: Option<i64>,
+) -> Result<MigrationState, DbErr> {
+    let current = load_kind(db, table, column, kind)
+        .await?
+        .ok_or_else(|| not_started(table, column))?;
+    if let Some(problem) = current.phase.check_transition(to) {
+        return Err(Error::Phase {
+            table: table.to_owned(),
+            column: column.to_owned(),
+            from: current.phase.as_str(),
+            to: to.as_str(),
+            problem,
+        }
+        .into());
+    }
+    // Compare-and-set on the phase: two operators racing cannot both move it.
+    let update = Query::update()
+        .table(a(STATE_TABLE))
+        .value(a("phase"), to.as_str())
+        .value(a("updated_at_ms"), now_ms())
+        .and_where(Expr::col(a("table_name")).eq(table))
+        .and_where(Expr::col(a("column_name")).eq(column))
+        .and_where(Expr::col(a("kind")).eq(kind.as_str()))
+        .and_where(Expr::col(a("phase")).eq(current.phase.as_str()))
+        .to_owned();
+    let done = db.execute(&update).await?;
+    if done.rows_affected() != 1 && current.phase != to {
+        return Err(DbErr::Custom(format!(
+            "{table}.{column}: the migration phase changed while moving it to {to}; retry"
+        )));
+    }
+    log(db, table, column, kind, Some(current.phase), to, rows, None).await?;
+    load_kind(db, table, column, kind)
+        .await?
+        .ok_or_else(|| not_started(table, column))
+}
+
+/// Saves a batch's progress; call inside the batch's transaction.
+pub(crate) async fn save_cursor<C: ConnectionTrait>(
+    db: &C,
+    table: &str,
+    column: &str,
+    kind: Kind,
+    cursor: Option<i64>,
+    add_rows: i64,
+    target: Option<&str>,
+) -> Result<(), DbErr> {
+    let mut update = Query::update();
+    update
+        .table(a(STATE_TABLE))
+        .value(a("cursor_pk"), cursor)
+        .value(a("rows_done"), Expr::col(a("rows_done")).add(add_rows))
+        .value(a("updated_at_ms"), now_ms())
+        .and_where(Expr::col(a("table_name")).eq(table))
+        .and_where(Expr::col(a("column_name")).eq(column))
+        .and_where(Expr::col(a("kind")).eq(kind.as_str()));
+    if let Some(target) = target {
+        update.value(a("target"), target);
+    }
+    db.execute(&update).await.map(|_| ())
+}
+
+pub(crate) fn not_started(table: &str, column: &str) -> DbErr {
+    Error::Phase {
+        table: table.to_owned(),
+        column: column.to_owned(),
+        from: "none",
+        to: "-",
+        problem: "no migration was started for this column: add the encrypted column and call \
+                  `migrate::start` (phase `added`), then switch writers to dual write",
+    }
+    .into()
+}
