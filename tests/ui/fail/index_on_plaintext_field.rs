@@ -1,0 +1,24 @@
+// A blind index on a plaintext field: the database can index it directly.
+use encrypted_columns::DeriveEncrypted;
+use sea_orm::entity::prelude::*;
+
+mod patient {
+    use super::*;
+
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel, DeriveEncrypted)]
+    #[sea_orm(table_name = "patients")]
+    pub struct Model {
+        #[sea_orm(primary_key)]
+        pub id: i32,
+        #[encrypted(blind_index(name = "email_bidx", normalize = "email"))]
+        pub email: String,
+        pub email_bidx: Vec<u8>,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+fn main() {}
