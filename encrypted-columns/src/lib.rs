@@ -39,10 +39,15 @@
 )]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
+#[doc(hidden)]
+#[path = "private.rs"]
+pub mod __private;
+pub mod blind_index;
 pub mod context;
 pub mod envelope;
 mod error;
 pub mod keyring;
+pub mod migrate;
 pub mod schema;
 mod seal;
 mod types;
@@ -51,12 +56,14 @@ pub use context::{ColumnContext, Context};
 pub use error::{Error, Result};
 pub use keyring::{KeyId, Keyring};
 pub use types::expose;
-pub use types::{Encrypted, EncryptedBytes, EncryptedString, Plaintext};
+pub use types::{Encrypted, EncryptedBytes, EncryptedField, EncryptedString, Plaintext};
 #[cfg(feature = "json")]
 pub use types::{EncryptedJson, Json};
 
 #[doc(hidden)]
 pub use zeroize;
+
+pub use encrypted_columns_derive::DeriveEncrypted;
 
 // Compiles and runs the README's quick start as a doctest, so the first code users copy works.
 #[cfg(doctest)]

@@ -18,9 +18,17 @@ pub fn load(allow_ephemeral: bool) -> Result<(Keyring, KeySource), String> {
     if !set && allow_ephemeral {
         return Ok((Keyring::generate(), KeySource::Ephemeral));
     }
-    Keyring::from_env()
-        .map(|ring| (ring, KeySource::Environment))
-        .map_err(|e| format!("cannot load keys: {e}"))
+    let ring = Keyring::from_env().map_err(|e| format!("cannot load keys: {e}"))?;
+    if ring.active_blind_index_key_id().is_none() {
+        // Checked up front: the clinic's tables have blind indexes, and failing at the first
+        // insert would leave a half-set-up database behind.
+        return Err(format!(
+            "cannot load keys: {ENV_BLIND_INDEX_KEYS} is not set; the clinic searches encrypted \
+             fields through blind indexes, which need their own key (`clinic keys generate` \
+             prints one)"
+        ));
+    }
+    Ok((ring, KeySource::Environment))
 }
 
 /// Fresh key material as environment lines, for `clinic keys generate`.

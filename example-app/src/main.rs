@@ -15,6 +15,27 @@ async fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     let result = match cli.command {
         cli::Command::Demo => commands::demo::run(cli.database_url.as_deref()).await,
+        cli::Command::Init => commands::init::run(cli.database_url.as_deref()).await,
+        cli::Command::MigrateLegacy(step) => {
+            use cli::LegacyCommand as L;
+            use commands::legacy::Step;
+            let step = match step {
+                L::Status => Step::Status,
+                L::Seed { rows } => Step::Seed { rows },
+                L::DualWrite => Step::DualWrite,
+                L::Backfill {
+                    batch_size,
+                    throttle_ms,
+                } => Step::Backfill {
+                    batch_size,
+                    throttle_ms,
+                },
+                L::Verify => Step::Verify,
+                L::Cutover => Step::Cutover,
+                L::Drop => Step::Drop,
+            };
+            commands::legacy::run(cli.database_url.as_deref(), step).await
+        }
         cli::Command::Keys(cli::KeysCommand::Generate) => {
             output::say!("{}", keys::generate_env_lines().trim_end());
             Ok(())

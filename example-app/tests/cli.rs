@@ -20,6 +20,8 @@ fn clinic() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_clinic"));
     cmd.env_remove("ENCRYPTED_COLUMNS_KEYS")
         .env_remove("ENCRYPTED_COLUMNS_ACTIVE_KEY")
+        .env_remove("ENCRYPTED_COLUMNS_BLIND_INDEX_KEYS")
+        .env_remove("ENCRYPTED_COLUMNS_ACTIVE_BLIND_INDEX_KEY")
         .env_remove("DATABASE_URL");
     cmd
 }
@@ -59,6 +61,17 @@ fn assert_demo_succeeded(out: &Output) {
             .contains("patients.phone: cannot open value sealed with key 1: authentication failed")
     );
     assert!(stdout.contains("Encrypted<String>(patients.email, key 1, <redacted>)"));
+    assert!(
+        stdout.contains("find_one_by_email_bidx(\"  ALBA.EXAMPLEWOOD@EXAMPLE.ORG  \") found #1"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("find_all_by_phone_last4_bidx(\"0100\"): 1 patient(s)"));
+    assert!(
+        stdout.contains("find_all_by_name_dob_bidx(\"examplewood\", 1984-03-09): 1 patient(s)")
+    );
+    assert!(stdout.contains(
+        "patients.email_bidx: another row already has this value (unique blind index), so nothing was written"
+    ));
 }
 
 fn assert_no_plaintext_in(bytes: &[u8], what: &str) {
@@ -110,14 +123,28 @@ fn demo_uses_keys_from_the_environment() {
         .find(|l| l.starts_with("ENCRYPTED_COLUMNS_KEYS=1:"))
         .expect("a key line");
     let value = line.trim_start_matches("ENCRYPTED_COLUMNS_KEYS=");
+    let blind = keys
+        .lines()
+        .find_map(|l| l.strip_prefix("ENCRYPTED_COLUMNS_BLIND_INDEX_KEYS="))
+        .expect("a blind-index key line");
+    let out = clinic()
+        .arg("demo")
+        .env("ENCRYPTED_COLUMNS_KEYS", value)
+        .env("ENCRYPTED_COLUMNS_BLIND_INDEX_KEYS", blind)
+        .current_dir(&dir)
+        .output()
+        .expect("runs");
+    assert_demo_succeeded(&out);
+    assert!(text(&out.stdout).contains("Keys loaded from ENCRYPTED_COLUMNS_KEYS"));
+
+    // Encryption keys without a blind-index key: refused before anything is created.
     let out = clinic()
         .arg("demo")
         .env("ENCRYPTED_COLUMNS_KEYS", value)
         .current_dir(&dir)
         .output()
         .expect("runs");
-    assert_demo_succeeded(&out);
-    assert!(text(&out.stdout).contains("Keys loaded from ENCRYPTED_COLUMNS_KEYS"));
+    assert_one_line_failure(&out, "ENCRYPTED_COLUMNS_BLIND_INDEX_KEYS");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -265,4 +292,98 @@ async fn demo_on_postgres() {
 #[tokio::test]
 async fn demo_on_mysql() {
     demo_on_server("TEST_MYSQL_URL").await;
+}
+
+/// `clinic keys generate` output as (name, value) pairs.
+fn generated_keys() -> Vec<(String, String)> {
+    let out = clinic().args(["keys", "generate"]).output().expect("runs");
+    assert!(out.status.success());
+    text(&out.stdout)
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+#[test]
+fn migrate_legacy_walks_every_phase_and_refuses_steps_out_of_order() {
+    let dir = fresh_dir("legacy");
+    let keys = generated_keys();
+    let run = |args: &[&str]| {
+        let mut cmd = clinic();
+        cmd.args(args).current_dir(&dir);
+        for (k, v) in &keys {
+            cmd.env(k, v);
+        }
+        cmd.output().expect("runs")
+    };
+    let ok = |args: &[&str]| {
+        let out = run(args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}{}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        text(&out.stdout)
+    };
+
+    let out = run(&["migrate-legacy", "status"]);
+    assert_one_line_failure(&out, "run `clinic init` first");
+    assert!(ok(&["init"]).contains("Applied 3 migration(s)"));
+    assert!(ok(&["migrate-legacy", "seed", "--rows", "1200"]).contains("plaintext only"));
+    let status = ok(&["migrate-legacy", "status"]);
+    assert!(status.contains("legacy_patients: 1200 row(s)"), "{status}");
+    assert!(status.contains("email      added"), "{status}");
+
+    // Out of order: each refused with one line, and the phase stays.
+    let out = run(&["migrate-legacy", "backfill"]);
+    assert_one_line_failure(
+        &out,
+        "cannot move the migration from `added` to `backfilling`",
+    );
+    let out = run(&["migrate-legacy", "cutover"]);
+    assert_one_line_failure(&out, "cut-over needs a passing verify");
+    let out = run(&["migrate-legacy", "drop"]);
+    assert_one_line_failure(&out, "can only be dropped after cut-over");
+    assert!(ok(&["migrate-legacy", "status"]).contains("email      added"));
+
+    assert!(ok(&["migrate-legacy", "dual-write"]).contains("phase dual_write"));
+    assert!(ok(&["migrate-legacy", "seed", "--rows", "7"]).contains("dual-written"));
+    let backfill = ok(&["migrate-legacy", "backfill", "--batch-size", "250"]);
+    assert!(
+        backfill.contains("legacy_patients.email: sealed 1200 row(s) in 5 batch(es)"),
+        "{backfill}"
+    );
+    let verify = ok(&["migrate-legacy", "verify"]);
+    assert!(
+        verify.contains(
+            "legacy_patients.email: 1207 row(s) checked, 1207 open to exactly their plaintext"
+        ),
+        "{verify}"
+    );
+    ok(&["migrate-legacy", "cutover"]);
+    assert!(ok(&["migrate-legacy", "seed", "--rows", "3"]).contains("envelopes only"));
+    let dropped = ok(&["migrate-legacy", "drop"]);
+    assert!(
+        dropped.contains("Dropped legacy_patients.email"),
+        "{dropped}"
+    );
+    assert!(ok(&["migrate-legacy", "status"]).contains("email      dropped"));
+
+    // No legacy plaintext is left in the file.
+    let mut bytes = std::fs::read(dir.join("clinic.db")).expect("database file");
+    bytes.extend(std::fs::read(dir.join("clinic.db-wal")).unwrap_or_default());
+    for needle in [
+        "ada.examplewood0@example.org",
+        "Ada Examplewood",
+        "+1 555 0101",
+    ] {
+        assert!(
+            !bytes.windows(needle.len()).any(|w| w == needle.as_bytes()),
+            "{needle} still in clinic.db"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -9,7 +9,7 @@ use migration::{Migrator, MigratorTrait};
 use sea_orm::sea_query::{Expr, Query};
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectOptions, ConnectionTrait, Database,
-    DatabaseConnection, EntityTrait, QueryFilter, Value,
+    DatabaseConnection, EntityTrait, QueryFilter, QueryTrait, Value,
 };
 
 use crate::entities::patient::{self, Column};
@@ -152,12 +152,83 @@ pub async fn run(database_url: Option<&str>) -> Result<(), String> {
         .map_err(db_err)?;
     say!("   (Its phone is set back to NULL.)");
 
+    search(&db, &PATIENTS[0]).await?;
+
     if database_url.is_none() {
         say!(
             "\nDone. Look for yourself: sqlite3 {DEFAULT_DEMO_FILE} 'select hex(email) from patients'"
         );
     } else {
         say!("\nDone.");
+    }
+    Ok(())
+}
+
+/// Step 5: blind-index lookups and the unique e-mail constraint.
+async fn search(db: &DatabaseConnection, p: &FakePatient) -> Result<(), String> {
+    say!(
+        "\n5. Searching encrypted fields through blind indexes (keyed hashes, no decryption of the table):"
+    );
+    let typed = format!("  {}  ", p.email.to_uppercase());
+    let query = patient::Entity::find_by_email_bidx(typed.as_str()).map_err(|e| e.to_string())?;
+    let sql = query.build(db.get_database_backend()).to_string();
+    if sql.to_lowercase().contains(&p.email.to_lowercase()) {
+        return Err("the lookup's SQL contains the plaintext e-mail".into());
+    }
+    let found = patient::Entity::find_one_by_email_bidx(db, typed.as_str())
+        .await
+        .map_err(db_err)?
+        .ok_or("the e-mail lookup found nobody")?;
+    say!(
+        "   find_one_by_email_bidx({typed:?}) found #{} ({} {}):\n   \
+         the e-mail was normalized (trim, lowercase) and hashed; the query compared {} bytes \
+         of email_bidx ({}…), never the address.",
+        found.id,
+        found.first_name.expose(),
+        found.last_name.expose(),
+        found.email_bidx.len(),
+        hex::encode(&found.email_bidx[..8])
+    );
+    if let Some(phone) = p.phone {
+        let last4: String = phone.chars().filter(char::is_ascii_digit).collect();
+        let last4 = &last4[last4.len().saturating_sub(4)..];
+        let by_phone = patient::Entity::find_all_by_phone_last4_bidx(db, last4)
+            .await
+            .map_err(db_err)?;
+        say!(
+            "   find_all_by_phone_last4_bidx(\"{last4}\"): {} patient(s). That index keeps 16 bits, so \
+             other numbers share its values; those rows are dropped after decrypting.",
+            by_phone.len()
+        );
+    }
+    let (y, m, d) = p.born;
+    let born = NaiveDate::from_ymd_opt(y, m, d).ok_or("bad demo date")?;
+    let by_name = patient::Entity::find_all_by_name_dob_bidx(db, p.last.to_lowercase(), born)
+        .await
+        .map_err(db_err)?;
+    say!(
+        "   find_all_by_name_dob_bidx(\"{}\", {born}): {} patient(s) (a compound index, case-insensitive).",
+        p.last.to_lowercase(),
+        by_name.len()
+    );
+
+    let twin = FakePatient {
+        first: "Alba",
+        last: "Doublewood",
+        email: "Alba.Examplewood@Example.org",
+        phone: None,
+        born: (1990, 1, 1),
+        history: None,
+    };
+    match insert_raw(db, &twin).await {
+        Err(err) => match patient::Entity::unique_violation(&err) {
+            Some(typed) => say!(
+                "   Registering {:?} again is refused by the database's UNIQUE index:\n   {typed}",
+                twin.email
+            ),
+            None => return Err(format!("expected a duplicate e-mail error, got: {err}")),
+        },
+        Ok(_) => return Err("a duplicate e-mail was accepted".into()),
     }
     Ok(())
 }
@@ -204,9 +275,21 @@ fn db_err(err: sea_orm::DbErr) -> String {
 }
 
 async fn insert(db: &DatabaseConnection, p: &FakePatient) -> Result<i32, String> {
-    let seal_err = |e: SealError| format!("cannot seal a value: {e}");
+    match insert_raw(db, p).await {
+        Ok(id) => Ok(id),
+        Err(err) => Err(match patient::Entity::unique_violation(&err) {
+            Some(typed) => typed.to_string(),
+            None => db_err(err),
+        }),
+    }
+}
+
+/// Inserts a patient; `before_save` fills the blind indexes.
+async fn insert_raw(db: &DatabaseConnection, p: &FakePatient) -> Result<i32, sea_orm::DbErr> {
+    let seal_err = sea_orm::DbErr::from;
     let (y, m, d) = p.born;
-    let born = NaiveDate::from_ymd_opt(y, m, d).ok_or("bad demo date")?;
+    let born = NaiveDate::from_ymd_opt(y, m, d)
+        .ok_or_else(|| sea_orm::DbErr::Custom("bad demo date".into()))?;
     let row = patient::ActiveModel {
         first_name: Set(EncryptedString::new(p.first.into()).map_err(seal_err)?),
         last_name: Set(EncryptedString::new(p.last.into()).map_err(seal_err)?),
@@ -226,7 +309,7 @@ async fn insert(db: &DatabaseConnection, p: &FakePatient) -> Result<i32, String>
         created_at: Set(Utc::now()),
         ..Default::default()
     };
-    let saved = row.insert(db).await.map_err(db_err)?;
+    let saved = row.insert(db).await?;
     Ok(saved.id)
 }
 
