@@ -204,6 +204,28 @@ impl Keyring {
         ring
     }
 
+    /// A keyring whose only encryption key is `key` (active, as `id`) and whose blind-index
+    /// keys are this keyring's: for data sealed under a per-tenant or per-person data key
+    /// (envelope encryption, crypto-shredding) that must stay searchable through blind
+    /// indexes shared by all tenants. Add further data keys with [`add_key`](Keyring::add_key)
+    /// to read several tenants' rows in one query.
+    ///
+    /// ```
+    /// use encrypted_columns::{KeyId, Keyring};
+    ///
+    /// let master = Keyring::generate();
+    /// let tenant = master.with_data_key(KeyId(1_000_001), [3u8; 32]);
+    /// assert_eq!(tenant.active_key_id(), KeyId(1_000_001));
+    /// assert_eq!(tenant.active_blind_index_key_id(), master.active_blind_index_key_id());
+    /// assert_eq!(tenant.key_ids().count(), 1);
+    /// ```
+    pub fn with_data_key(&self, id: KeyId, key: [u8; KEY_LEN]) -> Keyring {
+        let mut ring = Keyring::new(id, key);
+        ring.blind_index_keys = self.blind_index_keys.clone();
+        ring.active_blind_index = self.active_blind_index;
+        ring
+    }
+
     /// Adds a decrypt-only encryption key. Deploy it to every process first, then
     /// [`promote`](Keyring::promote) it, so no process meets a value it cannot open.
     pub fn add_key(&mut self, id: KeyId, key: [u8; KEY_LEN]) -> Result<()> {

@@ -14,6 +14,19 @@ pub struct Cli {
     #[arg(long, env = "DATABASE_URL", global = true)]
     pub database_url: Option<String>,
 
+    /// Print machine-readable JSON instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    /// Who is acting, for the audit log.
+    #[arg(
+        long,
+        env = "CLINIC_ACTOR",
+        global = true,
+        default_value = "clinic-cli"
+    )]
+    pub actor: String,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -21,15 +34,38 @@ pub struct Cli {
 /// What to do.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Guided tour: store two fake patients encrypted, show the raw stored bytes and what
-    /// SeaORM reads back. Uses a fresh `clinic-demo.db` SQLite file unless --database-url is
-    /// given, and throwaway keys if ENCRYPTED_COLUMNS_KEYS is not set.
-    Demo,
+    /// Guided tour of every feature: 1,000+ fake patients sealed with their own keys, the raw
+    /// stored bytes, blind-index search, duplicate rejection, the legacy-table migration, key
+    /// rotation, erasure and the audit trail. Uses a fresh `clinic-demo.db` SQLite file
+    /// unless --database-url is given, and throwaway keys if ENCRYPTED_COLUMNS_KEYS is unset.
+    Demo {
+        /// How many fake patients to generate.
+        #[arg(long, default_value_t = 1000)]
+        patients: u32,
+    },
     /// Create or update the clinic's tables (runs the migrations).
     Init,
-    /// Key material.
+    /// Key material: generate, status, rotate.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Patients: add, show, list, find, update, erase.
+    #[command(subcommand)]
+    Patient(PatientCommand),
+    /// SOAP notes.
+    #[command(subcommand)]
+    Note(NoteCommand),
+    /// Consent records.
+    #[command(subcommand)]
+    Consent(ConsentCommand),
+    /// Visit transcripts.
+    #[command(subcommand)]
+    Transcript(TranscriptCommand),
+    /// The append-only audit trail.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+    /// Blind indexes: what they reveal.
+    #[command(subcommand)]
+    Index(IndexCommand),
     /// Encrypt the plaintext `legacy_patients` table without downtime, one checked phase at
     /// a time: dual-write → backfill → verify → cutover → drop.
     #[command(subcommand, name = "migrate-legacy")]
@@ -71,4 +107,199 @@ pub enum LegacyCommand {
 pub enum KeysCommand {
     /// Print fresh random keys as environment variable lines.
     Generate,
+    /// Show the keys loaded and how many stored values each one sealed.
+    Status,
+    /// Re-wrap every patient data key (and re-seal the legacy table) under the active key,
+    /// after adding a new key to ENCRYPTED_COLUMNS_KEYS and making it active with
+    /// ENCRYPTED_COLUMNS_ACTIVE_KEY. Patient data itself is not rewritten.
+    Rotate {
+        /// Rows per batch (one transaction each).
+        #[arg(long, default_value_t = 500)]
+        batch_size: u64,
+    },
+}
+
+/// A patient's fields, as typed on the command line.
+#[derive(Debug, clap::Args)]
+pub struct PatientFields {
+    /// First name.
+    #[arg(long)]
+    pub first_name: Option<String>,
+    /// Last name.
+    #[arg(long)]
+    pub last_name: Option<String>,
+    /// E-mail address (unique per patient, compared case-insensitively).
+    #[arg(long)]
+    pub email: Option<String>,
+    /// Phone number.
+    #[arg(long)]
+    pub phone: Option<String>,
+    /// Postal address.
+    #[arg(long)]
+    pub address: Option<String>,
+    /// Date of birth, YYYY-MM-DD.
+    #[arg(long)]
+    pub dob: Option<String>,
+    /// Medical history (free text).
+    #[arg(long)]
+    pub history: Option<String>,
+}
+
+/// Patient commands.
+#[derive(Debug, Subcommand)]
+pub enum PatientCommand {
+    /// Register a patient (needs --first-name, --last-name, --email, --dob).
+    Add(PatientFields),
+    /// Show one patient.
+    Show {
+        /// Patient id.
+        id: i32,
+    },
+    /// List patients as a table.
+    List {
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: u64,
+        /// Skip this many first.
+        #[arg(long, default_value_t = 0)]
+        offset: u64,
+    },
+    /// Find patients through a blind index (exactly one of the options).
+    Find {
+        /// By e-mail (case and surrounding spaces do not matter).
+        #[arg(long, group = "by")]
+        email: Option<String>,
+        /// By the last four digits of the phone number.
+        #[arg(long, group = "by")]
+        phone_last4: Option<String>,
+        /// By last name and date of birth (YYYY-MM-DD).
+        #[arg(long, group = "by", num_args = 2, value_names = ["LAST_NAME", "DOB"])]
+        name_dob: Option<Vec<String>>,
+    },
+    /// Change some of a patient's fields.
+    Update {
+        /// Patient id.
+        id: i32,
+        #[command(flatten)]
+        fields: PatientFields,
+        /// Mark the patient active or inactive.
+        #[arg(long)]
+        active: Option<bool>,
+    },
+    /// Erase a patient for good: destroy its data key, delete its records, verify.
+    Erase {
+        /// Patient id.
+        id: i32,
+        /// Confirm: erasure cannot be undone.
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+/// Note commands.
+#[derive(Debug, Subcommand)]
+pub enum NoteCommand {
+    /// Add a SOAP note to a patient's record.
+    Add {
+        /// Patient id.
+        patient: i32,
+        /// Who writes it.
+        #[arg(long)]
+        author: String,
+        /// S: what the patient reports.
+        #[arg(long)]
+        subjective: String,
+        /// O: what was observed or measured.
+        #[arg(long)]
+        objective: String,
+        /// A: the assessment.
+        #[arg(long)]
+        assessment: String,
+        /// P: the plan.
+        #[arg(long)]
+        plan: String,
+    },
+    /// List a patient's notes.
+    List {
+        /// Patient id.
+        patient: i32,
+    },
+}
+
+/// Consent methods, as typed.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum ConsentMethod {
+    /// Signed on paper.
+    Written,
+    /// Said aloud, witnessed.
+    Verbal,
+    /// Signed on a device.
+    Electronic,
+}
+
+/// Consent commands.
+#[derive(Debug, Subcommand)]
+pub enum ConsentCommand {
+    /// Record a patient's consent (or refusal).
+    Record {
+        /// Patient id.
+        patient: i32,
+        /// What it covers, e.g. treatment, recording, research.
+        #[arg(long)]
+        scope: String,
+        /// How it was given.
+        #[arg(long, value_enum)]
+        method: ConsentMethod,
+        /// The signature data (typed name, witness statement, or base64 of a drawing).
+        #[arg(long)]
+        signature: String,
+        /// Record a refusal instead of a grant.
+        #[arg(long)]
+        refused: bool,
+    },
+    /// Show a patient's consent records.
+    Show {
+        /// Patient id.
+        patient: i32,
+    },
+}
+
+/// Transcript commands.
+#[derive(Debug, Subcommand)]
+pub enum TranscriptCommand {
+    /// Import a transcript from a JSON file:
+    /// {"text": "...", "segments": [{"speaker", "start_ms", "end_ms", "text"}]}.
+    Import {
+        /// Patient id.
+        patient: i32,
+        /// The JSON file.
+        file: std::path::PathBuf,
+    },
+    /// Show one transcript.
+    Show {
+        /// Transcript id.
+        id: i32,
+    },
+}
+
+/// Audit commands.
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// List audit entries, newest first.
+    List {
+        /// Only entries about this patient.
+        #[arg(long)]
+        patient: Option<i32>,
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: u64,
+    },
+}
+
+/// Index commands.
+#[derive(Debug, Subcommand)]
+pub enum IndexCommand {
+    /// What each blind index reveals about the stored data: distinct values, the largest
+    /// group, entropy, and the planner's advice.
+    Report,
 }

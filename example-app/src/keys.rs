@@ -3,6 +3,8 @@
 use encrypted_columns::keyring::{ENV_BLIND_INDEX_KEYS, ENV_KEYS, generate_key_entry};
 use encrypted_columns::{KeyId, Keyring};
 
+use crate::clinic::DATA_KEY_ID_BASE;
+
 /// Where the keyring in use came from.
 pub enum KeySource {
     /// Loaded from `ENCRYPTED_COLUMNS_*` variables.
@@ -19,6 +21,12 @@ pub fn load(allow_ephemeral: bool) -> Result<(Keyring, KeySource), String> {
         return Ok((Keyring::generate(), KeySource::Ephemeral));
     }
     let ring = Keyring::from_env().map_err(|e| format!("cannot load keys: {e}"))?;
+    if let Some(id) = ring.key_ids().find(|id| id.0 >= DATA_KEY_ID_BASE) {
+        return Err(format!(
+            "cannot load keys: key id {id} in {ENV_KEYS} is too large; the clinic reserves ids \
+             from {DATA_KEY_ID_BASE} up for patient data keys (use small ids: 1, 2, 3, …)"
+        ));
+    }
     if ring.active_blind_index_key_id().is_none() {
         // Checked up front: the clinic's tables have blind indexes, and failing at the first
         // insert would leave a half-set-up database behind.

@@ -1,22 +1,36 @@
 //! `clinic`: the encrypted-columns example app.
 
 mod cli;
+mod clinic;
 mod commands;
 mod entities;
+mod fake;
 mod keys;
 mod output;
+mod validate;
 
 use std::process::ExitCode;
 
 use clap::Parser;
 
+use crate::cli::Command;
+use crate::commands::Global;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = cli::Cli::parse();
+    init_tracing();
+    let global = Global {
+        database_url: cli.database_url,
+        json: cli.json,
+        actor: cli.actor,
+    };
     let result = match cli.command {
-        cli::Command::Demo => commands::demo::run(cli.database_url.as_deref()).await,
-        cli::Command::Init => commands::init::run(cli.database_url.as_deref()).await,
-        cli::Command::MigrateLegacy(step) => {
+        Command::Demo { patients } => {
+            commands::demo::run(global.database_url.as_deref(), patients).await
+        }
+        Command::Init => commands::init::run(global.database_url.as_deref()).await,
+        Command::MigrateLegacy(step) => {
             use cli::LegacyCommand as L;
             use commands::legacy::Step;
             let step = match step {
@@ -34,12 +48,22 @@ async fn main() -> ExitCode {
                 L::Cutover => Step::Cutover,
                 L::Drop => Step::Drop,
             };
-            commands::legacy::run(cli.database_url.as_deref(), step).await
+            commands::legacy::run(global.database_url.as_deref(), step).await
         }
-        cli::Command::Keys(cli::KeysCommand::Generate) => {
+        Command::Keys(cli::KeysCommand::Generate) => {
             output::say!("{}", keys::generate_env_lines().trim_end());
             Ok(())
         }
+        Command::Keys(cli::KeysCommand::Status) => commands::keys::status(&global).await,
+        Command::Keys(cli::KeysCommand::Rotate { batch_size }) => {
+            commands::keys::rotate(&global, batch_size).await
+        }
+        Command::Patient(command) => commands::patient::run(&global, command).await,
+        Command::Note(command) => commands::records::note(&global, command).await,
+        Command::Consent(command) => commands::records::consent(&global, command).await,
+        Command::Transcript(command) => commands::records::transcript(&global, command).await,
+        Command::Audit(command) => commands::audit::run(&global, command).await,
+        Command::Index(cli::IndexCommand::Report) => commands::index::report(&global).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -49,4 +73,16 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (default: warnings). Our spans and events carry ids
+/// and counts, never field values; SQL statement logging is off (see `connect`).
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(true)
+        .try_init();
 }

@@ -6,15 +6,42 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use sea_orm::{ConnectionTrait, Database};
 
-const PLAINTEXTS: [&str; 7] = [
-    "Examplewood",
-    "Samplesson",
-    "alba.examplewood@example.org",
-    "bram.samplesson@example.org",
-    "+1 555 0100",
-    "penicillin",
-    "Alba",
-];
+/// The demo's generated population, reproduced from its seed.
+#[allow(dead_code)]
+#[path = "../src/fake.rs"]
+mod fake;
+
+/// The seed in `commands::demo::DEMO_SEED`.
+const DEMO_SEED: u64 = 0x00C1_1A1C;
+
+/// Plaintexts the demo stores that must never appear in stored bytes: the followed patient's
+/// fields and, for every generated patient, the e-mail, last name, phone and address.
+fn demo_plaintexts(population: u32) -> Vec<String> {
+    let mut out: Vec<String> = [
+        "Examplewood",
+        "alba.examplewood@example.org",
+        "+1 555 0142",
+        "12 Lantern Lane",
+        "penicillin intolerance",
+        "Sneezing and itchy eyes",
+        "Signed on tablet",
+        "trees bloomed",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut rng = fake::Rng::new(DEMO_SEED);
+    for n in 0..population {
+        let p = fake::person(n, &mut rng);
+        out.push(p.email);
+        out.push(p.last_name);
+        out.extend(p.phone);
+        out.extend(p.address);
+    }
+    out.sort();
+    out.dedup();
+    out
+}
 
 fn clinic() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_clinic"));
@@ -49,38 +76,53 @@ fn assert_demo_succeeded(out: &Output) {
         "stdout:\n{stdout}\nstderr:\n{}",
         text(&out.stderr)
     );
-    assert!(
-        stdout.contains(
-            "#1: Alba Examplewood <alba.examplewood@example.org>, +1 555 0100, born 1984-03-09"
-        ),
-        "{stdout}"
-    );
-    assert!(stdout.contains("none of this patient's plaintext appears in the stored bytes"));
-    assert!(
-        stdout
-            .contains("patients.phone: cannot open value sealed with key 1: authentication failed")
-    );
-    assert!(stdout.contains("Encrypted<String>(patients.email, key 1, <redacted>)"));
-    assert!(
-        stdout.contains("find_one_by_email_bidx(\"  ALBA.EXAMPLEWOOD@EXAMPLE.ORG  \") found #1"),
-        "{stdout}"
-    );
-    assert!(stdout.contains("find_all_by_phone_last4_bidx(\"0100\"): 1 patient(s)"));
-    assert!(
-        stdout.contains("find_all_by_name_dob_bidx(\"examplewood\", 1984-03-09): 1 patient(s)")
-    );
-    assert!(stdout.contains(
-        "patients.email_bidx: another row already has this value (unique blind index), so nothing was written"
-    ));
+    for needle in [
+        "1. Registering 1000 fictional patients",
+        "#1001: Alba Examplewood <alba.examplewood@example.org>, +1 555 0142, born 1984-03-09",
+        "none of this patient's plaintext appears in the stored bytes",
+        "patients.phone: cannot open value sealed with key 2147484649: authentication failed",
+        "Encrypted<String>(patients.email, key 2147484649, <redacted>)",
+        "find by e-mail \"  ALBA.EXAMPLEWOOD@EXAMPLE.ORG  \" found #1001",
+        "find by last name + date of birth (\"EXAMPLEWOOD\", 1984-03-09): 1 patient(s)",
+        "patients.email_bidx: another row already has this value (unique blind index), so nothing was written",
+        "SOAP note #1 (4 sealed sections), consent #1",
+        "legacy_patients.email: 300 row(s) checked, 300 open to exactly their plaintext",
+        "Dropped legacy_patients.email",
+        "patient_keys.wrapped_key         re-encrypted 1001 value(s)",
+        "#1001 still reads (Alba Examplewood)",
+        "seals nothing any more: it can be retired",
+        "Verified: 0 row(s) left",
+        "UnknownKeyId: data key",
+        "\"audit_log is append-only\"",
+        "phone_last4_bidx   16 bits",
+    ] {
+        assert!(stdout.contains(needle), "{needle:?} not in:\n{stdout}");
+    }
 }
 
-fn assert_no_plaintext_in(bytes: &[u8], what: &str) {
-    for p in PLAINTEXTS {
+/// Fails if any of `plaintexts` is in `bytes`, as text or (PostgreSQL prints `bytea` as hex)
+/// as lowercase hex.
+fn assert_no_plaintext_in(bytes: &[u8], plaintexts: &[String], what: &str) {
+    let lower = bytes.to_ascii_lowercase();
+    for p in plaintexts {
+        let hex: String = p.bytes().map(|b| format!("{b:02x}")).collect();
         assert!(
             !bytes.windows(p.len()).any(|w| w == p.as_bytes()),
             "{p:?} found in {what}"
         );
+        assert!(
+            !lower.windows(hex.len()).any(|w| w == hex.as_bytes()),
+            "{p:?} found hex-encoded in {what}"
+        );
     }
+}
+
+/// The SQLite database file and its WAL, if one is left.
+fn sqlite_bytes(path: &std::path::Path) -> Vec<u8> {
+    let mut bytes = std::fs::read(path).expect("database file");
+    let wal = format!("{}-wal", path.display());
+    bytes.extend(std::fs::read(wal).unwrap_or_default());
+    bytes
 }
 
 #[test]
@@ -98,9 +140,9 @@ fn demo_runs_on_a_fresh_default_sqlite_file_and_again() {
         "{stdout}"
     );
     assert!(stdout.contains("Creating clinic-demo.db"), "{stdout}");
-    let file = std::fs::read(dir.join("clinic-demo.db")).expect("database file");
-    assert!(file.len() > 4096);
-    assert_no_plaintext_in(&file, "the SQLite file");
+    let file = sqlite_bytes(&dir.join("clinic-demo.db"));
+    assert!(file.len() > 100_000, "{} bytes", file.len());
+    assert_no_plaintext_in(&file, &demo_plaintexts(1000), "the SQLite file");
 
     let again = clinic()
         .arg("demo")
@@ -254,32 +296,73 @@ async fn demo_on_server(var: &str) {
     };
     admin.execute_unprepared(&cleanup).await.expect("cleanup");
     assert_demo_succeeded(&out);
-    assert!(dump.len() > 200, "dump too small: {}", dump.len());
-    assert_no_plaintext_in(&dump, &format!("a dump of {var}'s demo tables"));
+    assert!(dump.len() > 100_000, "dump too small: {}", dump.len());
+    assert_no_plaintext_in(
+        &dump,
+        &demo_plaintexts(1000),
+        &format!("a dump of every table of {var}'s demo"),
+    );
 }
 
+/// Every row of every table in schema/database `name`, as bytes.
 async fn admin_dump(admin: &sea_orm::DatabaseConnection, var: &str, name: &str) -> Vec<u8> {
-    let sql = if var.contains("POSTGRES") {
-        format!("SELECT CAST(t.* AS text) AS r FROM {name}.patients t")
-    } else {
-        format!(
-            "SELECT CONCAT_WS('|', id, first_name, last_name, email, phone, date_of_birth, medical_history) AS r FROM {name}.patients"
-        )
+    let backend = admin.get_database_backend();
+    let query = |sql: String| async move {
+        admin
+            .query_all_raw(sea_orm::Statement::from_string(backend, sql))
+            .await
+            .expect("dump query")
     };
-    let rows = admin
-        .query_all_raw(sea_orm::Statement::from_string(
-            admin.get_database_backend(),
-            sql,
-        ))
-        .await
-        .expect("dump");
+    let postgres = var.contains("POSTGRES");
+    let tables_sql = format!(
+        "SELECT table_name AS t FROM information_schema.tables WHERE table_schema = '{name}'"
+    );
     let mut out = Vec::new();
-    for row in rows {
-        let value: Vec<u8> = row
-            .try_get::<Vec<u8>>("", "r")
-            .or_else(|_| row.try_get::<String>("", "r").map(String::into_bytes))
-            .expect("row text");
-        out.extend_from_slice(&value);
+    let tables = query(tables_sql).await;
+    assert!(tables.len() >= 8, "{} tables in {name}", tables.len());
+    for table in tables {
+        let table: String = table
+            .try_get("", "t")
+            .or_else(|_| {
+                table
+                    .try_get::<Vec<u8>>("", "t")
+                    .map(|b| String::from_utf8_lossy(&b).into_owned())
+            })
+            .expect("table name");
+        let sql = if postgres {
+            format!("SELECT CAST(t.* AS text) AS r FROM {name}.{table} t")
+        } else {
+            let columns = query(format!(
+                "SELECT column_name AS c FROM information_schema.columns \
+                 WHERE table_schema = '{name}' AND table_name = '{table}'"
+            ))
+            .await;
+            let columns: Vec<String> = columns
+                .iter()
+                .map(|c| {
+                    let c: String = c
+                        .try_get("", "c")
+                        .or_else(|_| {
+                            c.try_get::<Vec<u8>>("", "c")
+                                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                        })
+                        .expect("column name");
+                    format!("`{c}`")
+                })
+                .collect();
+            format!(
+                "SELECT CONCAT_WS('|', {}) AS r FROM {name}.`{table}`",
+                columns.join(", ")
+            )
+        };
+        for row in query(sql).await {
+            let value: Vec<u8> = row
+                .try_get::<Vec<u8>>("", "r")
+                .or_else(|_| row.try_get::<String>("", "r").map(String::into_bytes))
+                .expect("row text");
+            out.extend_from_slice(&value);
+            out.push(b'\n');
+        }
     }
     out
 }
@@ -331,7 +414,7 @@ fn migrate_legacy_walks_every_phase_and_refuses_steps_out_of_order() {
 
     let out = run(&["migrate-legacy", "status"]);
     assert_one_line_failure(&out, "run `clinic init` first");
-    assert!(ok(&["init"]).contains("Applied 3 migration(s)"));
+    assert!(ok(&["init"]).contains("Applied 8 migration(s)"));
     assert!(ok(&["migrate-legacy", "seed", "--rows", "1200"]).contains("plaintext only"));
     let status = ok(&["migrate-legacy", "status"]);
     assert!(status.contains("legacy_patients: 1200 row(s)"), "{status}");
@@ -386,4 +469,538 @@ fn migrate_legacy_walks_every_phase_and_refuses_steps_out_of_order() {
         );
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A `clinic` runner bound to one directory (so `clinic.db` is its own) and one key set.
+struct Session {
+    dir: PathBuf,
+    env: Vec<(String, String)>,
+    /// Removes `dir` when dropped.
+    owned: bool,
+}
+
+impl Session {
+    fn new(tag: &str) -> Session {
+        Session {
+            dir: fresh_dir(tag),
+            env: generated_keys(),
+            owned: true,
+        }
+    }
+
+    /// The same directory with other keys.
+    fn with_env(&self, env: Vec<(String, String)>) -> Session {
+        Session {
+            dir: self.dir.clone(),
+            env,
+            owned: false,
+        }
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        let mut cmd = clinic();
+        cmd.args(args).current_dir(&self.dir);
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        cmd.output().expect("runs")
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "{args:?} failed: {}{}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        text(&out.stdout)
+    }
+
+    fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut with = vec!["--json"];
+        with.extend_from_slice(args);
+        let out = self.ok(&with);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: not JSON ({e}): {out}"))
+    }
+
+    /// Fails with one line containing `needle`, and changes nothing the audit log shows.
+    fn refused(&self, args: &[&str], needle: &str) {
+        let out = self.run(args);
+        assert_one_line_failure(&out, needle);
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        if self.owned {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+#[test]
+fn every_command_on_sqlite() {
+    let s = Session::new("commands");
+    // Before init: a pointer to `clinic init`, not a SQL error.
+    s.refused(&["patient", "list"], "run `clinic init` first");
+    assert!(s.ok(&["init"]).contains("Applied 8 migration(s)"));
+    assert!(s.ok(&["init"]).contains("Applied 0 migration(s)"));
+
+    let add = |first: &str, last: &str, email: &str, phone: &str, dob: &str| -> i64 {
+        let v = s.json(&[
+            "patient",
+            "add",
+            "--first-name",
+            first,
+            "--last-name",
+            last,
+            "--email",
+            email,
+            "--phone",
+            phone,
+            "--dob",
+            dob,
+            "--address",
+            "7 Quarry Lane, Fictionville",
+            "--history",
+            "Mild asthma since childhood.",
+        ]);
+        v["id"].as_i64().expect("id")
+    };
+    let ada = add(
+        "Ada",
+        "Testwood",
+        "Ada.Testwood@Example.org",
+        "+1 555 0177",
+        "1980-05-06",
+    );
+    let ben = add(
+        "Ben",
+        "Mockford",
+        "ben.mockford@example.org",
+        "+1 555 0277",
+        "1975-01-02",
+    );
+    assert_ne!(ada, ben);
+    let ada_s = ada.to_string();
+    let ben_s = ben.to_string();
+
+    // Bad input: one line each, nothing written.
+    s.refused(
+        &[
+            "patient",
+            "add",
+            "--first-name",
+            "X",
+            "--last-name",
+            "Y",
+            "--email",
+            "nope",
+            "--dob",
+            "1990-01-01",
+        ],
+        "invalid e-mail address",
+    );
+    s.refused(
+        &[
+            "patient",
+            "add",
+            "--first-name",
+            "X",
+            "--last-name",
+            "Y",
+            "--email",
+            "x@example.org",
+            "--dob",
+            "1990-31-01",
+        ],
+        "invalid date of birth \"1990-31-01\": expected YYYY-MM-DD",
+    );
+    s.refused(
+        &[
+            "patient",
+            "add",
+            "--first-name",
+            "X",
+            "--email",
+            "x@example.org",
+            "--dob",
+            "1990-01-01",
+        ],
+        "--last-name is required",
+    );
+    s.refused(
+        &[
+            "patient",
+            "add",
+            "--first-name",
+            "Eve",
+            "--last-name",
+            "Twin",
+            "--email",
+            " ADA.TESTWOOD@example.org",
+            "--dob",
+            "1990-01-01",
+        ],
+        "another patient already has this e-mail",
+    );
+    s.refused(&["patient", "show", "999"], "no patient with id 999");
+    s.refused(
+        &["patient", "find", "--phone-last4", "12a4"],
+        "expected exactly four digits",
+    );
+    s.refused(&["patient", "erase", &ben_s], "run again with --yes");
+    assert_eq!(
+        s.json(&["patient", "list"]).as_array().map(Vec::len),
+        Some(2)
+    );
+
+    // show / list / find, text and JSON.
+    let shown = s.ok(&["patient", "show", &ada_s]);
+    for needle in [
+        "Ada Testwood",
+        "Ada.Testwood@Example.org",
+        "+1 555 0177",
+        "1980-05-06",
+        "Mild asthma",
+    ] {
+        assert!(shown.contains(needle), "{needle} not in {shown}");
+    }
+    let v = s.json(&["patient", "show", &ada_s]);
+    assert_eq!(v["email"], "Ada.Testwood@Example.org");
+    assert_eq!(v["date_of_birth"], "1980-05-06");
+    let list = s.ok(&["patient", "list"]);
+    assert!(
+        list.lines()
+            .next()
+            .is_some_and(|l| l.contains("NAME") && l.contains("E-MAIL")),
+        "{list}"
+    );
+    assert!(
+        list.contains("Ben Mockford") && list.contains("2 of 2 patient(s)"),
+        "{list}"
+    );
+    let found = s.json(&["patient", "find", "--email", "  ada.testwood@EXAMPLE.org "]);
+    assert_eq!(found[0]["id"].as_i64(), Some(ada));
+    assert_eq!(found.as_array().map(Vec::len), Some(1));
+    let found = s.json(&["patient", "find", "--phone-last4", "0277"]);
+    assert_eq!(found.as_array().map(Vec::len), Some(1), "{found}");
+    assert_eq!(found[0]["id"].as_i64(), Some(ben));
+    let found = s.json(&["patient", "find", "--name-dob", "MOCKFORD", "1975-01-02"]);
+    assert_eq!(found[0]["id"].as_i64(), Some(ben));
+    assert!(
+        s.ok(&["patient", "find", "--email", "nobody@example.org"])
+            .contains("No patient matches")
+    );
+
+    // update: the blind index follows the new e-mail.
+    s.ok(&[
+        "patient",
+        "update",
+        &ben_s,
+        "--email",
+        "ben.m@example.org",
+        "--active",
+        "false",
+    ]);
+    assert_eq!(
+        s.json(&["patient", "find", "--email", "ben.mockford@example.org"])
+            .as_array()
+            .map(Vec::len),
+        Some(0)
+    );
+    let found = s.json(&["patient", "find", "--email", "BEN.M@example.org"]);
+    assert_eq!(found[0]["active"], false);
+    s.refused(&["patient", "update", &ben_s], "nothing to change");
+    s.refused(
+        &[
+            "patient",
+            "update",
+            &ben_s,
+            "--email",
+            "ada.testwood@example.org",
+        ],
+        "already has this e-mail",
+    );
+
+    // notes, consent, transcripts.
+    s.ok(&[
+        "note",
+        "add",
+        &ada_s,
+        "--author",
+        "dr.x",
+        "--subjective",
+        "Cough for a week.",
+        "--objective",
+        "Lungs clear.",
+        "--assessment",
+        "Viral bronchitis.",
+        "--plan",
+        "Rest, fluids.",
+    ]);
+    let notes = s.ok(&["note", "list", &ada_s]);
+    assert!(
+        notes.contains("S  Cough for a week.") && notes.contains("P  Rest, fluids."),
+        "{notes}"
+    );
+    s.refused(
+        &[
+            "note",
+            "add",
+            "999",
+            "--author",
+            "a",
+            "--subjective",
+            "s",
+            "--objective",
+            "o",
+            "--assessment",
+            "a",
+            "--plan",
+            "p",
+        ],
+        "no patient with id 999",
+    );
+    s.ok(&[
+        "consent",
+        "record",
+        &ada_s,
+        "--scope",
+        "recording",
+        "--method",
+        "verbal",
+        "--signature",
+        "Witnessed by nurse Example",
+    ]);
+    s.ok(&[
+        "consent",
+        "record",
+        &ada_s,
+        "--scope",
+        "research",
+        "--method",
+        "written",
+        "--signature",
+        "Declined on paper",
+        "--refused",
+    ]);
+    let consents = s.json(&["consent", "show", &ada_s]);
+    assert_eq!(consents[0]["method"], "verbal");
+    assert_eq!(consents[1]["granted"], false);
+    assert_eq!(consents[0]["signature"], "Witnessed by nurse Example");
+    assert!(s.ok(&["consent", "show", &ada_s]).contains("REFUSED"));
+    let file = s.dir.join("visit.json");
+    std::fs::write(
+        &file,
+        r#"{"text": "Any wheezing? Only at night.", "segments": [
+        {"speaker": "clinician", "start_ms": 0, "end_ms": 1500, "text": "Any wheezing?"},
+        {"speaker": "patient", "start_ms": 1600, "end_ms": 3000, "text": "Only at night."}]}"#,
+    )
+    .expect("write");
+    let t = s.json(&["transcript", "import", &ada_s, file.to_str().expect("path")]);
+    let t_id = t["id"].as_i64().expect("id").to_string();
+    let shown = s.ok(&["transcript", "show", &t_id]);
+    assert!(shown.contains("patient    Only at night."), "{shown}");
+    assert_eq!(
+        s.json(&["transcript", "show", &t_id])["segments"][1]["speaker"],
+        "patient"
+    );
+    std::fs::write(&file, r#"{"text": "x", "segments": [{"who": "a"}]}"#).expect("write");
+    s.refused(
+        &["transcript", "import", &ada_s, file.to_str().expect("path")],
+        "is not a transcript file",
+    );
+    s.refused(
+        &["transcript", "import", &ada_s, "/no/such/file.json"],
+        "cannot read /no/such/file.json",
+    );
+    s.refused(&["transcript", "show", "999"], "no transcript with id 999");
+
+    // Every read above is in the audit log, with the actor.
+    let audit = s.json(&["audit", "list", "--patient", &ada_s, "--limit", "500"]);
+    let entries = audit.as_array().expect("array");
+    let reads = entries.iter().filter(|e| e["action"] == "read").count();
+    assert!(reads >= 10, "{reads} reads audited: {audit}");
+    assert!(
+        entries
+            .iter()
+            .any(|e| e["record"] == format!("transcripts#{t_id}"))
+    );
+    assert!(entries.iter().all(|e| e["actor"] == "clinic-cli"));
+    assert!(
+        s.ok(&["--actor", "nurse.kim", "patient", "show", &ada_s])
+            .contains("Ada")
+    );
+    assert_eq!(
+        s.json(&["audit", "list", "--limit", "1"])[0]["actor"],
+        "nurse.kim"
+    );
+    assert!(s.ok(&["audit", "list"]).contains("WHEN (UTC)"));
+
+    // index report.
+    let report = s.json(&["index", "report"]);
+    let names: Vec<&str> = report
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter_map(|r| r["index"].as_str())
+        .collect();
+    assert_eq!(names, ["email_bidx", "phone_last4_bidx", "name_dob_bidx"]);
+    assert_eq!(report[0]["distinct"], 2);
+    assert!(s.ok(&["index", "report"]).contains("truncated"));
+
+    // keys status, then a rotation to a new key 2.
+    let status = s.json(&["keys", "status"]);
+    assert_eq!(status["active_key"], 1);
+    assert_eq!(status["patient_data_keys"], 2);
+    let mut s2_env = s.env.clone();
+    let key1 = s
+        .env
+        .iter()
+        .find(|(k, _)| k == "ENCRYPTED_COLUMNS_KEYS")
+        .map(|(_, v)| v.clone())
+        .expect("key");
+    let fresh = generated_keys();
+    let key2 = fresh
+        .iter()
+        .find(|(k, _)| k == "ENCRYPTED_COLUMNS_KEYS")
+        .map(|(_, v)| v.replacen("1:", "2:", 1))
+        .expect("key");
+    for (k, v) in s2_env.iter_mut() {
+        if k == "ENCRYPTED_COLUMNS_KEYS" {
+            *v = format!("{key1},{key2}");
+        }
+    }
+    s2_env.push(("ENCRYPTED_COLUMNS_ACTIVE_KEY".into(), "2".into()));
+    let s2 = s.with_env(s2_env);
+    let rotated = s2.ok(&["keys", "rotate", "--batch-size", "1"]);
+    assert!(
+        rotated.contains("patient_keys.wrapped_key         re-encrypted 2 value(s)"),
+        "{rotated}"
+    );
+    assert!(rotated.contains("Key(s) 1 now seal nothing"), "{rotated}");
+    let status = s2.json(&["keys", "status"]);
+    assert_eq!(status["retirable_keys"], serde_json::json!([1]));
+    // With key 1 gone from the environment, everything still reads.
+    let mut s3_env = s2.env.clone();
+    for (k, v) in s3_env.iter_mut() {
+        if k == "ENCRYPTED_COLUMNS_KEYS" {
+            *v = key2.clone();
+        }
+    }
+    let s3 = s.with_env(s3_env);
+    assert!(s3.ok(&["patient", "show", &ada_s]).contains("Ada Testwood"));
+
+    // Wrong key: the same id with other bytes opens nothing, says so in one line.
+    // (Ada's key is wrapped by key 2 now, so the impostor is a key 2 with other bytes.)
+    let impostor: Vec<(String, String)> = generated_keys()
+        .iter()
+        .map(|(k, v)| {
+            if k == "ENCRYPTED_COLUMNS_KEYS" {
+                (k.clone(), v.replacen("1:", "2:", 1))
+            } else {
+                (k.clone(), v.clone())
+            }
+        })
+        .collect();
+    let wrong = s.with_env(impostor);
+    let out = wrong.run(&["patient", "show", &ada_s]);
+    assert_one_line_failure(&out, "authentication failed");
+
+    // Erase Ben: key destroyed, rows gone, his audit trail stays but its details are sealed.
+    // From here on only key 2 is loaded (key 1 is retired).
+    let erased = s3.ok(&["patient", "erase", &ben_s, "--yes"]);
+    assert!(erased.contains("Erased patient #"), "{erased}");
+    assert!(erased.contains("0 row(s) left"), "{erased}");
+    s3.refused(
+        &["patient", "show", &ben_s],
+        &format!("no patient with id {ben}"),
+    );
+    let trail = s3.json(&["audit", "list", "--patient", &ben_s]);
+    let trail = trail.as_array().expect("array");
+    assert!(trail.iter().any(|e| e["action"] == "erase"));
+    assert!(
+        trail
+            .iter()
+            .any(|e| e["details"] == "(unreadable: the patient's key was destroyed)"),
+        "{trail:?}"
+    );
+    assert_eq!(
+        s3.json(&["patient", "list"]).as_array().map(Vec::len),
+        Some(1)
+    );
+
+    // No plaintext of what was stored is in the database file.
+    let plain: Vec<String> = [
+        "Testwood",
+        "Mockford",
+        "Ada.Testwood@Example.org",
+        "ben.m@example.org",
+        "+1 555 0177",
+        "Quarry Lane",
+        "Mild asthma",
+        "Cough for a week",
+        "Witnessed by nurse",
+        "Only at night",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    assert_no_plaintext_in(&sqlite_bytes(&s.dir.join("clinic.db")), &plain, "clinic.db");
+}
+
+#[test]
+fn missing_keys_and_unreachable_databases_fail_in_one_line() {
+    let dir = fresh_dir("nokeys");
+    let out = clinic()
+        .args(["patient", "list"])
+        .current_dir(&dir)
+        .output()
+        .expect("runs");
+    assert_one_line_failure(&out, "ENCRYPTED_COLUMNS_KEYS");
+    assert!(
+        !dir.join("clinic.db").exists(),
+        "nothing created without keys"
+    );
+    let s = Session::new("unreachable");
+    s.refused(
+        &[
+            "--database-url",
+            "postgres://nobody@127.0.0.1:1/none",
+            "patient",
+            "list",
+        ],
+        "cannot connect to the postgres database at 127.0.0.1:1/none",
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn debug_logs_of_the_demo_hold_no_phi_and_no_key_material() {
+    let s = Session::new("logs");
+    let mut cmd = clinic();
+    cmd.args(["demo", "--patients", "50"])
+        .current_dir(&s.dir)
+        .env("RUST_LOG", "trace");
+    for (k, v) in &s.env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("runs");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let logs = out.stderr;
+    assert!(
+        logs.len() > 1_000,
+        "expected debug logs, got {} bytes",
+        logs.len()
+    );
+    let mut secrets = demo_plaintexts(50);
+    for (_, value) in &s.env {
+        for entry in value.split(',') {
+            let b64 = entry.split_once(':').map_or(entry, |(_, k)| k);
+            secrets.push(b64.to_string());
+        }
+    }
+    assert_no_plaintext_in(&logs, &secrets, "RUST_LOG=trace output");
 }

@@ -8,6 +8,11 @@ pub use sea_orm_migration::prelude::*;
 mod m20261122_000001_create_patients;
 mod m20261122_000002_create_legacy_patients;
 mod m20261122_000003_encrypt_legacy_patients;
+mod m20261123_000004_create_patient_keys;
+mod m20261123_000005_create_consent_records;
+mod m20261123_000006_create_transcripts;
+mod m20261123_000007_create_clinical_notes;
+mod m20261123_000008_create_audit_log;
 
 /// Runs the clinic's migrations.
 pub struct Migrator;
@@ -19,6 +24,11 @@ impl MigratorTrait for Migrator {
             Box::new(m20261122_000001_create_patients::Migration),
             Box::new(m20261122_000002_create_legacy_patients::Migration),
             Box::new(m20261122_000003_encrypt_legacy_patients::Migration),
+            Box::new(m20261123_000004_create_patient_keys::Migration),
+            Box::new(m20261123_000005_create_consent_records::Migration),
+            Box::new(m20261123_000006_create_transcripts::Migration),
+            Box::new(m20261123_000007_create_clinical_notes::Migration),
+            Box::new(m20261123_000008_create_audit_log::Migration),
         ]
     }
 }

@@ -1,9 +1,12 @@
 //! The `patients` table: identifying fields and history as envelopes, bookkeeping in plaintext.
+//! Each patient's envelopes are sealed with that patient's own data key (`key_id`, a row of
+//! `patient_keys`), so erasing the key erases the patient everywhere, backups included.
 
 use encrypted_columns::schema::envelope_column_type;
 use sea_orm_migration::prelude::*;
 use sea_orm_migration::schema::{
-    binary_len, binary_len_null, blob, blob_null, boolean, pk_auto, timestamp_with_time_zone,
+    binary_len, binary_len_null, blob, blob_null, boolean, integer, pk_auto,
+    timestamp_with_time_zone,
 };
 
 /// Longest medical history we plan for. Sets the MySQL column to `mediumblob`; PostgreSQL and
@@ -28,17 +31,20 @@ impl MigrationTrait for Migration {
                 Table::create()
                     .table(Patients::Table)
                     .col(pk_auto(Patients::Id))
+                    .col(integer(Patients::KeyId))
                     .col(blob(Patients::FirstName))
                     .col(blob(Patients::LastName))
                     .col(blob(Patients::Email))
                     .col(binary_len(Patients::EmailBidx, FULL_INDEX_BYTES))
                     .col(blob_null(Patients::Phone))
                     .col(binary_len_null(Patients::PhoneLast4Bidx, PHONE_LAST4_BYTES))
+                    .col(blob_null(Patients::Address))
                     .col(blob(Patients::DateOfBirth))
                     .col(binary_len(Patients::NameDobBidx, NAME_DOB_BYTES))
                     .col(ColumnDef::new_with_type(Patients::MedicalHistory, history).null())
                     .col(boolean(Patients::Active).default(true))
                     .col(timestamp_with_time_zone(Patients::CreatedAt))
+                    .col(timestamp_with_time_zone(Patients::UpdatedAt))
                     .to_owned(),
             )
             .await?;
@@ -56,6 +62,7 @@ impl MigrationTrait for Migration {
         for (name, column) in [
             ("patients_phone_last4_bidx", Patients::PhoneLast4Bidx),
             ("patients_name_dob_bidx", Patients::NameDobBidx),
+            ("patients_key_id", Patients::KeyId),
         ] {
             manager
                 .create_index(
@@ -81,15 +88,18 @@ impl MigrationTrait for Migration {
 enum Patients {
     Table,
     Id,
+    KeyId,
     FirstName,
     LastName,
     Email,
     EmailBidx,
     Phone,
     PhoneLast4Bidx,
+    Address,
     DateOfBirth,
     NameDobBidx,
     MedicalHistory,
     Active,
     CreatedAt,
+    UpdatedAt,
 }

@@ -84,6 +84,12 @@ fn explain(err: DbErr) -> String {
 /// Runs one step.
 pub async fn run(database_url: Option<&str>, step: Step) -> Result<(), String> {
     let db = open(database_url).await?;
+    run_on(&db, step).await
+}
+
+/// Runs one step on an open, migrated database with the keyring installed (the demo).
+pub async fn run_on(db: &DatabaseConnection, step: Step) -> Result<(), String> {
+    let db = db.clone();
     match step {
         Step::Status => status(&db).await,
         Step::Seed { rows } => seed(&db, rows).await,

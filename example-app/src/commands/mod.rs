@@ -1,8 +1,56 @@
-//! One module per `clinic` command.
+//! One module per `clinic` command group.
 
+pub mod audit;
 pub mod demo;
+pub mod index;
 pub mod init;
+pub mod keys;
 pub mod legacy;
+pub mod patient;
+pub mod records;
+
+use std::sync::Arc;
+
+use encrypted_columns::keyring;
+
+use crate::clinic::Clinic;
+use crate::commands::demo::connect;
 
 /// Database used by every command but `demo` when no URL is given.
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://clinic.db?mode=rwc";
+
+/// Global options every command gets.
+pub struct Global {
+    /// `--database-url` / `DATABASE_URL`.
+    pub database_url: Option<String>,
+    /// `--json`.
+    pub json: bool,
+    /// `--actor` / `CLINIC_ACTOR`.
+    pub actor: String,
+}
+
+impl Global {
+    /// The database URL to use.
+    pub fn url(&self) -> &str {
+        self.database_url.as_deref().unwrap_or(DEFAULT_DATABASE_URL)
+    }
+
+    /// Keys from the environment, a connection, and a schema check: what every data command
+    /// needs. Fails before touching anything if one is missing.
+    pub async fn open(&self) -> Result<Clinic, String> {
+        let (ring, _) = crate::keys::load(false)?;
+        let ring = Arc::new(ring);
+        keyring::install(Arc::clone(&ring));
+        let db = connect(self.url()).await?;
+        Clinic::check_schema(&db).await?;
+        Ok(Clinic::new(db, ring, self.actor.clone()))
+    }
+}
+
+/// Prints `value` as pretty JSON.
+pub fn print_json<T: serde::Serialize>(value: &T) -> Result<(), String> {
+    let text =
+        serde_json::to_string_pretty(value).map_err(|e| format!("cannot print JSON: {e}"))?;
+    crate::output::say!("{text}");
+    Ok(())
+}

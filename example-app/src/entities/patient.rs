@@ -1,5 +1,9 @@
 //! A patient: identifying fields and medical history encrypted, bookkeeping in plaintext.
 //!
+//! Every envelope of a patient is sealed with that patient's own data key (`key_id`, see
+//! [`crate::clinic`]); the blind indexes use the clinic's shared blind-index key, so lookups
+//! work across patients.
+//!
 //! `DeriveEncrypted` generates the `ctx` column markers, the blind indexes' upkeep (in
 //! `before_save`, via `active_model_behavior`) and lookups such as
 //! `Entity::find_one_by_email_bidx(db, "ada@example.org")`.
@@ -21,6 +25,8 @@ use sea_orm::entity::prelude::*;
 pub struct Model {
     #[sea_orm(primary_key)]
     pub id: i32,
+    /// The row of `patient_keys` holding this patient's (wrapped) data key.
+    pub key_id: i32,
     pub first_name: EncryptedString<ctx::FirstName>,
     pub last_name: EncryptedString<ctx::LastName>,
     /// One patient per e-mail: a full-width unique index on the canonical form.
@@ -31,11 +37,13 @@ pub struct Model {
     #[encrypted(blind_index(name = "phone_last4_bidx", transform = "digits, last(4)", bits = 16))]
     pub phone: Option<EncryptedString<ctx::Phone>>,
     pub phone_last4_bidx: Option<Vec<u8>>,
+    pub address: Option<EncryptedString<ctx::Address>>,
     pub date_of_birth: Encrypted<NaiveDate, ctx::DateOfBirth>,
     pub name_dob_bidx: Vec<u8>,
     pub medical_history: Option<EncryptedString<ctx::MedicalHistory>>,
     pub active: bool,
     pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
 }
 
 /// The clinic's relations (none yet).

@@ -1,0 +1,286 @@
+//! `clinic keys status|rotate`.
+//!
+//! Rotation of the clinic key is cheap by design: patient data is sealed with per-patient
+//! data keys, and only those small wrapped keys (plus the legacy table, sealed directly with
+//! the clinic key) are re-encrypted. The audit log holds nothing sealed with the clinic key,
+//! so the append-only table never needs rewriting.
+
+use std::collections::BTreeMap;
+
+use encrypted_columns::migrate::{self, Progress, RotateColumn, RunOptions};
+use encrypted_columns::{ColumnContext, KeyId, Plaintext, blind_index::IndexArg};
+use indicatif::{ProgressBar, ProgressStyle};
+use sea_orm::DatabaseConnection;
+use serde::Serialize;
+
+use crate::clinic::{DATA_KEY_ID_BASE, db_err};
+use crate::commands::{Global, print_json};
+use crate::entities::{legacy_patient, patient_key};
+use crate::output::say;
+
+/// Columns sealed directly with the clinic key: `(table, column)`.
+const CLINIC_KEY_COLUMNS: [(&str, &str); 4] = [
+    ("patient_keys", "wrapped_key"),
+    ("legacy_patients", "full_name_enc"),
+    ("legacy_patients", "email_enc"),
+    ("legacy_patients", "phone_enc"),
+];
+
+#[derive(Debug, Serialize)]
+struct Status {
+    active_key: u32,
+    keys: Vec<u32>,
+    active_blind_index_key: Option<u32>,
+    blind_index_keys: Vec<u32>,
+    /// Per `table.column`: stored values per clinic key id.
+    values_by_key: BTreeMap<String, BTreeMap<u32, u64>>,
+    /// Patient data keys in the database (one per patient).
+    patient_data_keys: u64,
+    /// Clinic key ids no stored value uses any more (safe to remove once every process runs
+    /// without them).
+    retirable_keys: Vec<u32>,
+}
+
+/// `clinic keys status`.
+pub async fn status(global: &Global) -> Result<(), String> {
+    let clinic = global.open().await?;
+    let ring = clinic.master();
+    let mut values_by_key = BTreeMap::new();
+    let mut used = BTreeMap::<u32, u64>::new();
+    for (table, column) in CLINIC_KEY_COLUMNS {
+        let usage = migrate::key_usage(&clinic.db, table, column)
+            .await
+            .map_err(db_err)?;
+        let usage: BTreeMap<u32, u64> = usage.into_iter().map(|(k, n)| (k.0, n)).collect();
+        for (k, n) in &usage {
+            *used.entry(*k).or_default() += n;
+        }
+        values_by_key.insert(format!("{table}.{column}"), usage);
+    }
+    let patient_data_keys = values_by_key
+        .get("patient_keys.wrapped_key")
+        .map_or(0, |m| m.values().sum());
+    let status = Status {
+        active_key: ring.active_key_id().0,
+        keys: ring.key_ids().map(|k| k.0).collect(),
+        active_blind_index_key: ring.active_blind_index_key_id().map(|k| k.0),
+        blind_index_keys: ring.blind_index_key_ids().map(|k| k.0).collect(),
+        retirable_keys: ring
+            .key_ids()
+            .filter(|k| *k != ring.active_key_id() && !used.contains_key(&k.0))
+            .map(|k| k.0)
+            .collect(),
+        values_by_key,
+        patient_data_keys,
+    };
+    if global.json {
+        return print_json(&status);
+    }
+    say!(
+        "Clinic keys loaded: {} (active: {}). Blind-index keys: {} (active: {}).",
+        join(&status.keys),
+        status.active_key,
+        join(&status.blind_index_keys),
+        status
+            .active_blind_index_key
+            .map_or("none".to_owned(), |k| k.to_string())
+    );
+    say!(
+        "Patient data keys: {} (each wrapped by a clinic key; patient data never uses a \
+         clinic key directly).",
+        status.patient_data_keys
+    );
+    for (column, usage) in &status.values_by_key {
+        if usage.is_empty() {
+            continue;
+        }
+        let parts: Vec<String> = usage
+            .iter()
+            .map(|(k, n)| {
+                let mark = if *k == status.active_key {
+                    ""
+                } else {
+                    " (old)"
+                };
+                format!("key {k}{mark}: {n}")
+            })
+            .collect();
+        say!("  {column:<32} {}", parts.join(", "));
+    }
+    for (k, _) in used.iter().filter(|(k, _)| **k < DATA_KEY_ID_BASE) {
+        if !status.keys.contains(k) {
+            say!(
+                "  warning: values sealed with key {k} exist but that key is not loaded: \
+                 they cannot be read. Add it back to ENCRYPTED_COLUMNS_KEYS."
+            );
+        }
+    }
+    if used.keys().any(|k| *k != status.active_key) {
+        say!("Values under older keys remain: run `clinic keys rotate`.");
+    } else if !status.retirable_keys.is_empty() {
+        say!(
+            "Key(s) {} seal nothing any more and can be removed from ENCRYPTED_COLUMNS_KEYS.",
+            join(&status.retirable_keys)
+        );
+    } else {
+        say!("Everything is sealed with the active key.");
+    }
+    Ok(())
+}
+
+/// What a rotation did, per column.
+#[derive(Debug, Serialize)]
+pub struct RotationSummary {
+    /// The key everything is now sealed with.
+    pub active_key: u32,
+    /// `table.column` → values re-encrypted.
+    pub resealed: BTreeMap<String, u64>,
+    /// Clinic keys no value uses any more.
+    pub retirable_keys: Vec<u32>,
+}
+
+/// `clinic keys rotate`.
+pub async fn rotate(global: &Global, batch_size: u64) -> Result<(), String> {
+    if batch_size == 0 {
+        return Err("--batch-size must be at least 1".into());
+    }
+    let clinic = global.open().await?;
+    let summary = rotate_all(
+        &clinic.db,
+        clinic.master().key_ids().collect(),
+        batch_size,
+        !global.json,
+    )
+    .await?;
+    if global.json {
+        return print_json(&summary);
+    }
+    Ok(())
+}
+
+/// Re-encrypts every value under an older clinic key with the installed keyring's active key.
+/// `held` are the clinic key ids loaded (to say which can be retired).
+pub async fn rotate_all(
+    db: &DatabaseConnection,
+    held: Vec<KeyId>,
+    batch_size: u64,
+    chatty: bool,
+) -> Result<RotationSummary, String> {
+    let active = encrypted_columns::keyring::current()
+        .map_err(|e| e.to_string())?
+        .active_key_id();
+    if chatty {
+        say!("Re-encrypting values sealed with older clinic keys under key {active}:");
+    }
+    let options = RunOptions {
+        batch_size,
+        ..RunOptions::default()
+    };
+    let mut resealed = BTreeMap::new();
+    let mut in_use = BTreeMap::<KeyId, u64>::new();
+    let mut run = |name: String, report: migrate::RotationReport| {
+        for (k, n) in &report.rows_by_key {
+            *in_use.entry(*k).or_default() += n;
+        }
+        resealed.insert(name, report.resealed);
+    };
+    let spec = RotateColumn::<Vec<u8>, patient_key::ctx::WrappedKey>::new(
+        "patient_keys",
+        "id",
+        "wrapped_key",
+    );
+    run(
+        "patient_keys.wrapped_key".into(),
+        one("patient_keys.wrapped_key", db, &spec, &options, chatty).await?,
+    );
+    let spec = RotateColumn::<String, legacy_patient::ctx::FullNameEnc>::new(
+        "legacy_patients",
+        "id",
+        "full_name_enc",
+    );
+    run(
+        "legacy_patients.full_name_enc".into(),
+        one("legacy_patients.full_name_enc", db, &spec, &options, chatty).await?,
+    );
+    let spec = RotateColumn::<String, legacy_patient::ctx::EmailEnc>::new(
+        "legacy_patients",
+        "id",
+        "email_enc",
+    );
+    run(
+        "legacy_patients.email_enc".into(),
+        one("legacy_patients.email_enc", db, &spec, &options, chatty).await?,
+    );
+    let spec = RotateColumn::<String, legacy_patient::ctx::PhoneEnc>::new(
+        "legacy_patients",
+        "id",
+        "phone_enc",
+    );
+    run(
+        "legacy_patients.phone_enc".into(),
+        one("legacy_patients.phone_enc", db, &spec, &options, chatty).await?,
+    );
+    let retirable_keys: Vec<u32> = held
+        .iter()
+        .filter(|k| **k != active && in_use.get(k).is_none_or(|n| *n == 0))
+        .map(|k| k.0)
+        .collect();
+    if chatty {
+        if retirable_keys.is_empty() {
+            say!("Nothing is sealed with an older key.");
+        } else {
+            say!(
+                "Key(s) {} now seal nothing: remove them from ENCRYPTED_COLUMNS_KEYS once every \
+                 process runs with key {active} active.",
+                join(&retirable_keys)
+            );
+        }
+    }
+    Ok(RotationSummary {
+        active_key: active.0,
+        resealed,
+        retirable_keys,
+    })
+}
+
+async fn one<T, C>(
+    name: &str,
+    db: &DatabaseConnection,
+    spec: &RotateColumn<T, C>,
+    options: &RunOptions,
+    chatty: bool,
+) -> Result<migrate::RotationReport, String>
+where
+    T: Plaintext + IndexArg<T>,
+    C: ColumnContext,
+{
+    let bar = if chatty {
+        ProgressBar::new(0)
+    } else {
+        ProgressBar::hidden()
+    }
+    .with_message(name.to_owned());
+    if let Ok(style) =
+        ProgressStyle::with_template("{msg:>30} [{bar:30}] {pos}/{len} rows  {per_sec}")
+    {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    let report = migrate::rotate(db, spec, options, |p: &Progress| {
+        bar.set_length(p.total);
+        bar.set_position(p.done + p.skipped);
+    })
+    .await
+    .map_err(|e| format!("rotating {name}: {}", db_err(e)))?;
+    bar.finish_and_clear();
+    if chatty {
+        say!("  {name:<32} re-encrypted {} value(s)", report.resealed);
+    }
+    Ok(report)
+}
+
+fn join(ids: &[u32]) -> String {
+    ids.iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
