@@ -4,10 +4,11 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use encrypted_columns::{EncryptedJson, Json, keyring};
+use encrypted_columns::{EncryptedJson, Json, Keyring, keyring};
 use sea_orm::ActiveValue::Set;
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, TransactionTrait,
+    ActiveModelBehavior, ActiveModelTrait, ColumnTrait, EntityTrait, IntoActiveModel, QueryFilter,
+    QueryOrder, TransactionTrait,
 };
 use serde::{Deserialize, Serialize};
 
@@ -160,36 +161,64 @@ pub async fn add_note(
     author: &str,
     [s, o, a, p]: [String; 4],
 ) -> Result<i32, String> {
+    insert_for_patient(
+        clinic,
+        patient,
+        "clinical_notes",
+        "clinical note added",
+        |ring| {
+            Ok(clinical_note::ActiveModel {
+                patient_id: Set(patient),
+                author: Set(author.to_owned()),
+                subjective: Set(seal(ring, s)?),
+                objective: Set(seal(ring, o)?),
+                assessment: Set(seal(ring, a)?),
+                plan: Set(seal(ring, p)?),
+                created_at: Set(Utc::now()),
+                ..Default::default()
+            })
+        },
+        |m| m.id,
+    )
+    .await
+}
+
+/// Inserts one record of `patient`, built by `build` with values sealed by the patient's data
+/// key, and audits its creation as `table#id`, in one transaction; returns the id.
+async fn insert_for_patient<A>(
+    clinic: &Clinic,
+    patient: i32,
+    table: &str,
+    summary: &str,
+    build: impl FnOnce(&Keyring) -> Result<A, String>,
+    id_of: impl FnOnce(&<A::Entity as EntityTrait>::Model) -> i32,
+) -> Result<i32, String>
+where
+    A: ActiveModelTrait + ActiveModelBehavior + Send,
+    <A::Entity as EntityTrait>::Model: IntoActiveModel<A>,
+{
     let txn = clinic.db.begin().await.map_err(db_err)?;
     let key_row = clinic.key_row_of(&txn, patient).await?;
     let ring = clinic.reading_ring(&txn, [key_row]).await?;
     let ring = Arc::new(Clinic::sealing_ring(&ring, key_row)?);
-    let note = clinical_note::ActiveModel {
-        patient_id: Set(patient),
-        author: Set(author.to_owned()),
-        subjective: Set(seal(&ring, s)?),
-        objective: Set(seal(&ring, o)?),
-        assessment: Set(seal(&ring, a)?),
-        plan: Set(seal(&ring, p)?),
-        created_at: Set(Utc::now()),
-        ..Default::default()
-    };
+    let row = build(&ring)?;
     // The insert reads the row back (RETURNING): it must open with the patient's key.
-    let note = keyring::scope(Arc::clone(&ring), note.insert(&txn))
+    let saved = keyring::scope(Arc::clone(&ring), row.insert(&txn))
         .await
         .map_err(db_err)?;
+    let id = id_of(&saved);
     clinic
         .audit(
             &txn,
             "create",
-            format!("clinical_notes#{}", note.id),
+            format!("{table}#{id}"),
             Some(patient),
-            "clinical note added",
+            summary,
             None,
         )
         .await?;
     txn.commit().await.map_err(db_err)?;
-    Ok(note.id)
+    Ok(id)
 }
 
 /// Runs one consent command.
@@ -292,38 +321,29 @@ pub async fn record_consent(
     granted: bool,
     signature: String,
 ) -> Result<i32, String> {
-    let txn = clinic.db.begin().await.map_err(db_err)?;
-    let key_row = clinic.key_row_of(&txn, patient).await?;
-    let ring = clinic.reading_ring(&txn, [key_row]).await?;
-    let ring = Arc::new(Clinic::sealing_ring(&ring, key_row)?);
-    let row = consent_record::ActiveModel {
-        patient_id: Set(patient),
-        scope: Set(scope.to_owned()),
-        method: Set(method),
-        granted: Set(granted),
-        signature: Set(seal(&ring, signature)?),
-        recorded_at: Set(Utc::now()),
-        ..Default::default()
-    };
-    let row = keyring::scope(Arc::clone(&ring), row.insert(&txn))
-        .await
-        .map_err(db_err)?;
-    clinic
-        .audit(
-            &txn,
-            "create",
-            format!("consent_records#{}", row.id),
-            Some(patient),
-            if granted {
-                "consent recorded"
-            } else {
-                "refusal recorded"
-            },
-            None,
-        )
-        .await?;
-    txn.commit().await.map_err(db_err)?;
-    Ok(row.id)
+    insert_for_patient(
+        clinic,
+        patient,
+        "consent_records",
+        if granted {
+            "consent recorded"
+        } else {
+            "refusal recorded"
+        },
+        |ring| {
+            Ok(consent_record::ActiveModel {
+                patient_id: Set(patient),
+                scope: Set(scope.to_owned()),
+                method: Set(method),
+                granted: Set(granted),
+                signature: Set(seal(ring, signature)?),
+                recorded_at: Set(Utc::now()),
+                ..Default::default()
+            })
+        },
+        |m| m.id,
+    )
+    .await
 }
 
 /// Runs one transcript command.
@@ -412,34 +432,24 @@ pub async fn import_transcript(
     patient: i32,
     file: TranscriptFile,
 ) -> Result<i32, String> {
-    let txn = clinic.db.begin().await.map_err(db_err)?;
-    let key_row = clinic.key_row_of(&txn, patient).await?;
-    let ring = clinic.reading_ring(&txn, [key_row]).await?;
-    let ring = Arc::new(Clinic::sealing_ring(&ring, key_row)?);
-    let segments =
-        EncryptedJson::new_with(&ring, Json(file.segments)).map_err(|e| e.to_string())?;
-    let row = transcript::ActiveModel {
-        patient_id: Set(patient),
-        raw_text: Set(seal(&ring, file.text)?),
-        segments: Set(segments),
-        recorded_at: Set(Utc::now()),
-        ..Default::default()
-    };
-    let row = keyring::scope(Arc::clone(&ring), row.insert(&txn))
-        .await
-        .map_err(db_err)?;
-    clinic
-        .audit(
-            &txn,
-            "create",
-            format!("transcripts#{}", row.id),
-            Some(patient),
-            "transcript imported",
-            None,
-        )
-        .await?;
-    txn.commit().await.map_err(db_err)?;
-    Ok(row.id)
+    insert_for_patient(
+        clinic,
+        patient,
+        "transcripts",
+        "transcript imported",
+        |ring| {
+            Ok(transcript::ActiveModel {
+                patient_id: Set(patient),
+                raw_text: Set(seal(ring, file.text)?),
+                segments: Set(EncryptedJson::new_with(ring, Json(file.segments))
+                    .map_err(|e| e.to_string())?),
+                recorded_at: Set(Utc::now()),
+                ..Default::default()
+            })
+        },
+        |m| m.id,
+    )
+    .await
 }
 
 use sea_orm::QuerySelect as _;
