@@ -147,20 +147,28 @@ where
         }
 
         let txn = db.begin().await?;
-        txn.execute(&update).await?;
-        // Rows still NULL after the guarded UPDATE were changed by the application meanwhile.
+        // Rows matched: still without envelope when the UPDATE ran (all three drivers count
+        // matched rows; sqlx sets CLIENT_FOUND_ROWS on MySQL). A row the application
+        // dual-wrote between our read and this UPDATE is not matched.
+        let matched = txn.execute(&update).await?.rows_affected();
+        // Of those, the ones still NULL failed the guard: the application changed their
+        // plaintext meanwhile.
         let left = Query::select()
             .expr_as(Func::count(Expr::col(a(pk))), a("n"))
             .from(a(table))
             .and_where(Expr::col(a(pk)).is_in(ids.clone()))
             .and_where(Expr::col(a(enc)).is_null())
-            .and_where(Expr::col(a(plain)).is_not_null())
             .to_owned();
-        let skipped = match txn.query_one(&left).await? {
+        let still_null = match txn.query_one(&left).await? {
             Some(row) => u64::try_from(row.try_get::<i64>("", "n")?).unwrap_or(0),
             None => 0,
         };
-        let sealed = ids.len() as u64 - Ord::min(skipped, ids.len() as u64);
+        // Skipped = every row of the batch we did not seal ourselves, whether the
+        // application dual-wrote it (not matched) or changed its plaintext (guard failed),
+        // as `BackfillReport::skipped` documents. (Counting only rows left NULL missed the
+        // dual-written ones and reported them as sealed.)
+        let sealed = Ord::min(matched.saturating_sub(still_null), ids.len() as u64);
+        let skipped = ids.len() as u64 - sealed;
         state::save_cursor(
             &txn,
             table,

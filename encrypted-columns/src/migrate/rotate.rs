@@ -223,11 +223,14 @@ where
         let mut update = Query::update();
         update
             .table(a(table))
-            .value(a(enc), enc_case.finally(Expr::col(a(enc))))
             .and_where(Expr::col(a(pk)).is_in(ids.clone()));
+        // Index columns first: MySQL evaluates single-table assignments left to right, so
+        // after `enc = CASE ..` the index guards (`enc = <envelope read>`) would see the new
+        // envelope, fail, and leave every resealed row's index on the old key.
         for ((column, _), case) in spec.indexes.iter().zip(index_cases) {
             update.value(a(column), case.finally(Expr::col(a(column))));
         }
+        update.value(a(enc), enc_case.finally(Expr::col(a(enc))));
         let txn = db.begin().await?;
         txn.execute(&update).await?;
         state::save_cursor(
@@ -341,12 +344,14 @@ async fn group_by_key<D: ConnectionTrait>(
     column: &str,
     key_expr: Expr,
 ) -> Result<BTreeMap<KeyId, u64>, DbErr> {
+    // Grouped by the output alias: PostgreSQL does not see `substr(col, $1, $2)` and
+    // `substr(col, $3, $4)` as the same expression, so grouping by a second copy of it fails.
     let q = Query::select()
-        .expr_as(key_expr.clone(), a("key_bytes"))
+        .expr_as(key_expr, a("key_bytes"))
         .expr_as(Func::count(Expr::col(a(column))), a("n"))
         .from(a(table))
         .and_where(Expr::col(a(column)).is_not_null())
-        .add_group_by([key_expr])
+        .add_group_by([Expr::col(a("key_bytes"))])
         .to_owned();
     let mut out = BTreeMap::new();
     for row in db.query_all(&q).await? {

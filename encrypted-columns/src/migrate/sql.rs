@@ -32,6 +32,12 @@ pub(crate) async fn check_columns<C: ConnectionTrait>(
     table: &str,
     columns: &[&str],
 ) -> Result<(), DbErr> {
+    // SQLite reads a double-quoted identifier that names no column as a string literal, so
+    // the probe below succeeds for a misspelt column there — and a backfill would then seal
+    // the column's *name* into every row. Ask SQLite for the table's columns instead.
+    if db.get_database_backend() == DbBackend::Sqlite {
+        return check_sqlite_columns(db, table, columns).await;
+    }
     let probe = Query::select()
         .columns(columns.iter().map(|c| a(c)))
         .from(a(table))
@@ -48,6 +54,54 @@ pub(crate) async fn check_columns<C: ConnectionTrait>(
             ),
         }
         .into()),
+    }
+}
+
+async fn check_sqlite_columns<C: ConnectionTrait>(
+    db: &C,
+    table: &str,
+    columns: &[&str],
+) -> Result<(), DbErr> {
+    let problem = |problem: String| -> DbErr {
+        Error::Migration {
+            table: table.to_owned(),
+            column: columns.join(", "),
+            problem,
+        }
+        .into()
+    };
+    let query = Query::select()
+        .column(a("name"))
+        .from_function(Func::cust(a("pragma_table_info")).arg(table), a("t"))
+        .to_owned();
+    let existing: Vec<String> = match db.query_all(&query).await {
+        Ok(rows) => rows
+            .iter()
+            .map(|row| row.try_get::<String>("", "name"))
+            .collect::<Result<_, _>>()?,
+        Err(err) => return Err(problem(format!("cannot list the table's columns ({err})"))),
+    };
+    if existing.is_empty() {
+        return Err(problem(
+            "cannot read these columns (no such table); check the table and column names in \
+             the migration spec"
+                .into(),
+        ));
+    }
+    // SQLite compares identifiers case-insensitively (ASCII).
+    let missing: Vec<&str> = columns
+        .iter()
+        .filter(|c| !existing.iter().any(|e| e.eq_ignore_ascii_case(c)))
+        .copied()
+        .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(problem(format!(
+            "cannot read these columns (no such column: {}); check the table and column names \
+             in the migration spec",
+            missing.join(", ")
+        )))
     }
 }
 
