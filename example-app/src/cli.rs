@@ -4,8 +4,8 @@ use clap::{Parser, Subcommand};
 
 /// A small clinic whose patient data is encrypted at rest with encrypted-columns.
 ///
-/// Keys come from ENCRYPTED_COLUMNS_KEYS (`<id>:<base64 of 32 bytes>`, see `clinic keys
-/// generate`). The database is SQLite by default; PostgreSQL and MySQL/MariaDB by URL.
+/// Keys come from ENCRYPTED_COLUMNS_KEYS and ENCRYPTED_COLUMNS_BLIND_INDEX_KEYS
+/// (`<id>:<base64 of 32 bytes>`; `clinic keys generate` prints both). The database is SQLite by default; PostgreSQL and MySQL/MariaDB by URL.
 #[derive(Debug, Parser)]
 #[command(name = "clinic", version)]
 pub struct Cli {
@@ -34,8 +34,9 @@ pub struct Cli {
 /// What to do.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Guided tour of every feature: 1,000+ fake patients sealed with their own keys, the raw
-    /// stored bytes, blind-index search, duplicate rejection, the legacy-table migration, key
+    /// Guided tour of every feature on 1,000+ generated fake patients.
+    ///
+    /// Patients sealed with their own keys, the raw stored bytes, blind-index search, duplicate rejection, the legacy-table migration, key
     /// rotation, erasure and the audit trail. Uses a fresh `clinic-demo.db` SQLite file
     /// unless --database-url is given, and throwaway keys if ENCRYPTED_COLUMNS_KEYS is unset.
     Demo {
