@@ -78,6 +78,22 @@ impl TestDb {
         self.backend.db_backend()
     }
 
+    /// A URL that connects another process (or another pool) to this test's database: the
+    /// same SQLite file, the same PostgreSQL schema (as the connection's `search_path`) or
+    /// the same MySQL database. For SeaORM's `Database::connect`.
+    pub fn url(&self) -> String {
+        match &self.cleanup {
+            Cleanup::SqliteFile(path) => format!("sqlite://{}?mode=rw", path.display()),
+            Cleanup::PostgresSchema { admin_url } => {
+                let sep = if admin_url.contains('?') { '&' } else { '?' };
+                format!("{admin_url}{sep}options[search_path]={}", self.name)
+            }
+            Cleanup::MySqlDatabase { admin_url } => {
+                with_database(admin_url, &self.name).unwrap_or_else(|e| panic!("{e}"))
+            }
+        }
+    }
+
     /// Creates a fresh database for `test`, or `None` when the backend is not configured.
     pub async fn create(backend: Backend, test: &str) -> Result<Option<TestDb>, String> {
         let server_url = match backend.url_var() {
