@@ -150,4 +150,4 @@ fn warm_blind_index_allocations() {
 }
 
 /// Allocations of one warm `BlindIndex::compute` of a 30-byte e-mail (the `email` pipeline).
-const BLIND_INDEX_ALLOCATIONS: u64 = 8;
+const BLIND_INDEX_ALLOCATIONS: u64 = 5;
