@@ -2,11 +2,15 @@
 //! change per `ALTER TABLE`, indexes dropped before their columns), PostgreSQL and MariaDB.
 //! They also record the column's migration phase, so the steps cannot run out of order.
 //!
-//! ```ignore
-//! // m20261201_000001_encrypt_legacy_email.rs
-//! async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+//! ```no_run
+//! # use encrypted_columns::blind_index::BlindIndex;
+//! # use encrypted_columns::migrate::schema;
+//! # use sea_orm_migration::prelude::*;
+//! // In m20261201_000001_encrypt_legacy_email.rs's `MigrationTrait::up`; `email_bidx` is the
+//! // entity's `legacy_patient::Entity::email_bidx_index()`.
+//! async fn up(manager: &SchemaManager<'_>, email_bidx: &BlindIndex) -> Result<(), DbErr> {
 //!     schema::add_encrypted_column(manager, "legacy_patients", "email", "email_enc", 320).await?;
-//!     schema::add_blind_index_column(manager, "legacy_patients", "email_bidx", legacy_patient::Entity::email_bidx_index()).await
+//!     schema::add_blind_index_column(manager, "legacy_patients", "email_bidx", email_bidx).await
 //! }
 //! ```
 
