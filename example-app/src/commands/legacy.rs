@@ -7,11 +7,11 @@ use encrypted_columns::migrate::dual::ReadPolicy;
 use encrypted_columns::migrate::{self, EncryptColumn, Phase, Progress, RunOptions};
 use encrypted_columns::{ColumnContext, Error as SealError, keyring};
 use indicatif::{ProgressBar, ProgressStyle};
-use migration::{Migrator, MigratorTrait};
 use sea_orm::sea_query::{Expr, ExprTrait, Func, Query};
-use sea_orm::{ActiveModelTrait, ActiveValue::Set, ConnectionTrait, DatabaseConnection, DbErr};
+use sea_orm::{ActiveModelTrait, ActiveValue::Set, ConnectionTrait, DatabaseConnection};
 use sea_orm_migration::SchemaManager;
 
+use crate::clinic::{Clinic, db_err};
 use crate::commands::demo::connect;
 use crate::entities::legacy_patient::{self, ctx};
 use crate::keys;
@@ -62,23 +62,8 @@ pub async fn open(database_url: Option<&str>) -> Result<DatabaseConnection, Stri
     keyring::install(ring);
     let url = database_url.unwrap_or(crate::commands::DEFAULT_DATABASE_URL);
     let db = connect(url).await?;
-    let pending = Migrator::get_pending_migrations(&db)
-        .await
-        .map_err(|e| format!("cannot read the migration table: {e}"))?;
-    if !pending.is_empty() {
-        return Err(format!(
-            "the database has {} migration(s) to apply: run `clinic init` first",
-            pending.len()
-        ));
-    }
+    Clinic::check_schema(&db).await?;
     Ok(db)
-}
-
-fn explain(err: DbErr) -> String {
-    match SealError::from_db_err(&err) {
-        Some(typed) => typed.to_string(),
-        None => format!("database error: {err}"),
-    }
 }
 
 /// Runs one step.
@@ -97,7 +82,7 @@ pub async fn run_on(db: &DatabaseConnection, step: Step) -> Result<(), String> {
             for (plain, _) in COLUMNS {
                 migrate::state::transition(&db, TABLE, plain, Phase::DualWrite, None)
                     .await
-                    .map_err(explain)?;
+                    .map_err(db_err)?;
             }
             say!("Writers now fill plaintext and encrypted columns together (phase dual_write).");
             say!("Next: `clinic migrate-legacy backfill`.");
@@ -133,7 +118,7 @@ pub async fn run_on(db: &DatabaseConnection, step: Step) -> Result<(), String> {
             for (plain, _) in COLUMNS {
                 migrate::state::transition(&db, TABLE, plain, Phase::CutOver, None)
                     .await
-                    .map_err(explain)?;
+                    .map_err(db_err)?;
             }
             say!(
                 "Reads are now encrypted-only and fail closed; writes leave the plaintext columns NULL."
@@ -153,13 +138,13 @@ pub async fn run_on(db: &DatabaseConnection, step: Step) -> Result<(), String> {
                 };
                 migrate::schema::drop_plaintext_column(&manager, TABLE, plain, indexes)
                     .await
-                    .map_err(explain)?;
+                    .map_err(db_err)?;
                 say!("Dropped {TABLE}.{plain}: only its envelope remains.");
             }
             // Dropping a column leaves its bytes in free pages; rewrite so they are gone.
             migrate::schema::purge_dropped_data(&manager, TABLE)
                 .await
-                .map_err(explain)?;
+                .map_err(db_err)?;
             say!(
                 "Rewrote {TABLE} so the dropped plaintext is gone from the database files (older backups still hold it)."
             );
@@ -184,7 +169,7 @@ async fn backfill_one<C: ColumnContext>(
         bar.set_position(p.done + p.skipped);
     })
     .await
-    .map_err(explain)?;
+    .map_err(db_err)?;
     bar.finish_and_clear();
     say!(
         "{TABLE}.{}: sealed {} row(s) in {} batch(es){}; phase backfilled.",
@@ -209,7 +194,7 @@ async fn verify_one<C: ColumnContext>(
 ) -> Result<bool, String> {
     let report = migrate::verify(db, spec, &RunOptions::default())
         .await
-        .map_err(explain)?;
+        .map_err(db_err)?;
     if report.passed() {
         say!(
             "{TABLE}.{}: {} row(s) checked, {} open to exactly their plaintext, {} NULL in both; phase verified.",
@@ -245,7 +230,7 @@ async fn status(db: &DatabaseConnection) -> Result<(), String> {
     for (plain, enc) in COLUMNS {
         let state = migrate::state::load(db, TABLE, plain)
             .await
-            .map_err(explain)?;
+            .map_err(db_err)?;
         let phase = state.as_ref().map_or("not started", |s| s.phase.as_str());
         let remaining = match state.as_ref().map(|s| s.phase) {
             Some(Phase::Dropped) => "-".to_string(),
@@ -269,9 +254,9 @@ async fn count(db: &DatabaseConnection, pending: Option<(&str, &str)>) -> Result
         q.and_where(Expr::col(sea_orm::sea_query::Alias::new(plain)).is_not_null())
             .and_where(Expr::col(sea_orm::sea_query::Alias::new(enc)).is_null());
     }
-    let row = db.query_one(&q).await.map_err(explain)?;
+    let row = db.query_one(&q).await.map_err(db_err)?;
     match row {
-        Some(row) => row.try_get::<i64>("", "n").map_err(explain),
+        Some(row) => row.try_get::<i64>("", "n").map_err(db_err),
         None => Ok(0),
     }
 }
@@ -295,13 +280,13 @@ async fn seed(db: &DatabaseConnection, rows: u32) -> Result<(), String> {
     for (plain, _) in COLUMNS {
         let state = migrate::state::load(db, TABLE, plain)
             .await
-            .map_err(explain)?;
+            .map_err(db_err)?;
         if state.as_ref().is_some_and(|s| s.phase == Phase::Dropped) {
             return Err(format!(
                 "{TABLE}.{plain} was dropped: the legacy table is fully migrated"
             ));
         }
-        policies.push(ReadPolicy::load(db, TABLE, plain).await.map_err(explain)?);
+        policies.push(ReadPolicy::load(db, TABLE, plain).await.map_err(db_err)?);
     }
     let start = count(db, None).await?;
     for i in 0..rows {
@@ -335,7 +320,7 @@ async fn seed(db: &DatabaseConnection, rows: u32) -> Result<(), String> {
             ..Default::default()
         };
         row.fill_blind_indexes().map_err(|e| e.to_string())?;
-        row.insert(db).await.map_err(explain)?;
+        row.insert(db).await.map_err(db_err)?;
     }
     say!(
         "Inserted {rows} fake legacy patient(s) ({}).",
