@@ -180,6 +180,49 @@ pub enum Error {
         column: String,
     },
 
+    /// A migration step that would lose or hide data was refused, because at the moment it
+    /// was to act some rows were not safe: plaintext that no envelope carries, or an envelope
+    /// that disagrees with its plaintext. Nothing was changed by the step.
+    #[error(
+        "{table}: {step} refused: {count} row(s) {problem} (ids: {}); {advice}",
+        list_ids(.ids, *.count)
+    )]
+    Refused {
+        /// Physical table.
+        table: String,
+        /// The step refused (`cut-over`, `drop`).
+        step: &'static str,
+        /// Rows in the way.
+        count: u64,
+        /// The first of their primary keys (up to 1,000).
+        ids: Vec<i64>,
+        /// What is wrong with them.
+        problem: String,
+        /// What to run to clear the way.
+        advice: &'static str,
+    },
+
+    /// Rows whose plaintexts normalize to the same value under a UNIQUE blind index: the
+    /// backfill cannot give both an index value, so it refused before writing anything.
+    #[error(
+        "{table}.{column}: {count} row(s) share a normalized value under the unique blind \
+         index {index} (ids: {}); make the values distinct (or merge the duplicate rows) in the \
+         plaintext column, then run the backfill again",
+        list_ids(.ids, *.count)
+    )]
+    DuplicateValues {
+        /// Physical table.
+        table: String,
+        /// The plaintext column.
+        column: String,
+        /// The unique blind-index column.
+        index: String,
+        /// Rows involved in a duplicate group.
+        count: u64,
+        /// Their primary keys, grouped by shared value (up to 1,000).
+        ids: Vec<i64>,
+    },
+
     /// A migration or rotation run was configured wrongly (unknown table or column, a
     /// primary key that is not an integer, …).
     #[error("{table}.{column}: {problem}")]
@@ -191,6 +234,17 @@ pub enum Error {
         /// What is wrong and how to fix it.
         problem: String,
     },
+}
+
+/// Lists at most 20 ids, and says how many more there are.
+fn list_ids(ids: &[i64], count: u64) -> String {
+    let shown: Vec<String> = ids.iter().take(20).map(i64::to_string).collect();
+    let more = count.saturating_sub(shown.len() as u64);
+    if more > 0 {
+        format!("{} and {more} more", shown.join(", "))
+    } else {
+        shown.join(", ")
+    }
 }
 
 impl Error {

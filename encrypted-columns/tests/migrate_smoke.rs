@@ -106,15 +106,44 @@ async fn phases_backfill_verify_cutover_rotate() {
             .unwrap();
         assert_eq!(report.problem_ids, vec![42]);
         assert!(!report.passed());
+        // A failing verify demotes: cut-over is refused until a verify passes again.
+        assert_eq!(
+            migrate::state::load(&db, "legacy", "email")
+                .await
+                .unwrap()
+                .unwrap()
+                .phase,
+            Phase::Backfilled
+        );
+        let err = migrate::cut_over(&db, &spec, &RunOptions::default())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                Error::from_db_err(&err),
+                Some(Error::Phase {
+                    from: "backfilled",
+                    ..
+                })
+            ),
+            "{err}"
+        );
         db.execute_unprepared("UPDATE legacy SET email = 'p42@example.org' WHERE id = 42")
             .await
             .unwrap();
         migrate::verify(&db, &spec, &RunOptions::default())
             .await
             .unwrap();
-        migrate::state::transition(&db, "legacy", "email", Phase::CutOver, None)
+        // A move that checks nothing is refused: cut-over goes through `cut_over`.
+        let err = migrate::state::transition(&db, "legacy", "email", Phase::CutOver, None)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("migrate::cut_over"), "{err}");
+        let cut = migrate::cut_over(&db, &spec, &RunOptions::default())
             .await
             .unwrap();
+        assert_eq!(cut.moved, ["email"]);
+        assert_eq!(cut.check.rows, 1234);
         assert_eq!(
             ReadPolicy::load(&db, "legacy", "email").await.unwrap(),
             ReadPolicy::EncryptedOnly

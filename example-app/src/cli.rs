@@ -86,20 +86,39 @@ pub enum LegacyCommand {
     },
     /// Record that every writer now writes plaintext and envelope together.
     DualWrite,
-    /// Seal every remaining row in batches (resumable; safe while the app writes).
+    /// Seal every remaining value in batches: resumable, safe while the app writes, and
+    /// any number of processes may run it at once (they share the table in leased chunks).
     Backfill {
-        /// Rows per batch (one transaction each).
-        #[arg(long, default_value_t = 500)]
+        /// Rows per batch (one transaction each), 1 to 10000.
+        #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..=10_000))]
         batch_size: u64,
         /// Pause between batches, in milliseconds.
-        #[arg(long, default_value_t = 0)]
+        #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=60_000))]
         throttle_ms: u64,
+        /// Seconds a worker's claim on a batch holds before another worker may take it over
+        /// (also how long a restart waits for a batch a killed worker held).
+        #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+        lease_secs: u64,
     },
-    /// Check that every envelope opens to exactly its plaintext.
+    /// Check that every envelope opens to exactly its plaintext (a failure moves verified
+    /// columns back, so cut-over waits for a passing verify).
     Verify,
-    /// Switch reads to encrypted-only (fails closed).
+    /// Re-seal, from the plaintext, every value verify reports (rows an old app instance
+    /// wrote plaintext-only), then verify again; repeats while it makes progress.
+    Repair {
+        /// Rows per batch (one transaction each), 1 to 10000.
+        #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+        batch_size: u64,
+        /// Seconds a worker's claim on a batch holds.
+        #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+        lease_secs: u64,
+    },
+    /// Switch reads to encrypted-only (fails closed), after re-checking every row with
+    /// writers held off.
     Cutover,
-    /// Drop the plaintext columns.
+    /// Drop the plaintext columns (after re-checking every row under an exclusive lock) and
+    /// rewrite the table so their bytes leave the database files. Re-run to finish an
+    /// interrupted drop or purge.
     Drop,
 }
 

@@ -40,11 +40,20 @@ async fn main() -> ExitCode {
                 L::Backfill {
                     batch_size,
                     throttle_ms,
+                    lease_secs,
                 } => Step::Backfill {
                     batch_size,
                     throttle_ms,
+                    lease_secs,
                 },
                 L::Verify => Step::Verify,
+                L::Repair {
+                    batch_size,
+                    lease_secs,
+                } => Step::Repair {
+                    batch_size,
+                    lease_secs,
+                },
                 L::Cutover => Step::Cutover,
                 L::Drop => Step::Drop,
             };

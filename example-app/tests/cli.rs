@@ -420,40 +420,101 @@ fn migrate_legacy_walks_every_phase_and_refuses_steps_out_of_order() {
     assert!(status.contains("legacy_patients: 1200 row(s)"), "{status}");
     assert!(status.contains("email      added"), "{status}");
 
-    // Out of order: each refused with one line, and the phase stays.
+    // Out of order: each refused with one line naming the real reason, and the phase stays.
     let out = run(&["migrate-legacy", "backfill"]);
     assert_one_line_failure(
         &out,
-        "cannot move the migration from `added` to `backfilling`",
+        "cannot move the migration from `added` to `backfilling`: every writer must dual-write first",
     );
     let out = run(&["migrate-legacy", "cutover"]);
-    assert_one_line_failure(&out, "cut-over needs a passing verify");
+    assert_one_line_failure(&out, "every writer must dual-write first");
     let out = run(&["migrate-legacy", "drop"]);
-    assert_one_line_failure(&out, "can only be dropped after cut-over");
+    assert_one_line_failure(&out, "every writer must dual-write first");
+    let out = run(&["migrate-legacy", "backfill", "--batch-size", "0"]);
+    assert!(!out.status.success());
     assert!(ok(&["migrate-legacy", "status"]).contains("email      added"));
 
     assert!(ok(&["migrate-legacy", "dual-write"]).contains("phase dual_write"));
     assert!(ok(&["migrate-legacy", "seed", "--rows", "7"]).contains("dual-written"));
     let backfill = ok(&["migrate-legacy", "backfill", "--batch-size", "250"]);
+    for line in [
+        "legacy_patients.full_name: sealed 1200 value(s).",
+        "legacy_patients.email: sealed 1200 value(s).",
+        "legacy_patients.phone: sealed 800 value(s).",
+        "This worker sealed 3200 value(s) in 1200 row(s) in 5 batch(es).",
+        "Phase backfilled.",
+    ] {
+        assert!(backfill.contains(line), "{line} not in {backfill}");
+    }
+    // A restart leaves the finished columns alone.
+    let again = ok(&["migrate-legacy", "backfill"]);
     assert!(
-        backfill.contains("legacy_patients.email: sealed 1200 row(s) in 5 batch(es)"),
-        "{backfill}"
+        again.contains("Already past the backfill, left alone: full_name, email, phone."),
+        "{again}"
     );
     let verify = ok(&["migrate-legacy", "verify"]);
     assert!(
         verify.contains(
-            "legacy_patients.email: 1207 row(s) checked, 1207 open to exactly their plaintext"
+            "legacy_patients.email: 1207 row(s) checked, 1207 open to exactly their plaintext, 0 NULL in both; phase verified."
         ),
         "{verify}"
     );
-    ok(&["migrate-legacy", "cutover"]);
+
+    // An old instance, still writing plaintext only, changes a verified row: verify fails,
+    // demotes, and cut-over is refused until repair and a passing verify.
+    let db = dir.join("clinic.db");
+    sql(&db, "UPDATE legacy_patients SET email = 'moved-10@example.net' WHERE id = 10");
+    let out = run(&["migrate-legacy", "verify"]);
+    assert_one_line_failure(&out, "run `clinic migrate-legacy repair`");
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("1 row(s) do not match (ids: 10)"), "{stdout}");
+    assert!(ok(&["migrate-legacy", "status"]).contains("email      backfilled"));
+    let out = run(&["migrate-legacy", "cutover"]);
+    assert_one_line_failure(&out, "cut-over needs a passing verify");
+    let repair = ok(&["migrate-legacy", "repair"]);
+    assert!(
+        repair.contains("Repair round 1: re-sealed 1 value(s) in 1 row(s).")
+            && repair.contains("every value matches"),
+        "{repair}"
+    );
+    let cut = ok(&["migrate-legacy", "cutover"]);
+    assert!(
+        cut.contains("Re-checked 1207 row(s) with writers held off"),
+        "{cut}"
+    );
+    assert!(ok(&["migrate-legacy", "cutover"]).contains("Already cut over"));
     assert!(ok(&["migrate-legacy", "seed", "--rows", "3"]).contains("envelopes only"));
+
+    // After cut-over an old instance inserts a plaintext-only row: drop refuses, naming it,
+    // and drops nothing; repair seals it; then the drop goes through.
+    sql(
+        &db,
+        "INSERT INTO legacy_patients (id, full_name, email) VALUES (5000, 'Late Writer', 'late@example.org')",
+    );
+    let out = run(&["migrate-legacy", "drop"]);
+    assert_one_line_failure(&out, "drop refused: 1 row(s) hold plaintext that no envelope carries");
+    assert!(text(&out.stderr).contains("(ids: 5000)"), "{}", text(&out.stderr));
+    assert!(ok(&["migrate-legacy", "status"]).contains("email      cut_over"));
+    assert_eq!(
+        sql_count(&db, "SELECT count(*) FROM legacy_patients WHERE email IS NOT NULL"),
+        1208,
+        "the plaintext columns are untouched by the refused drop"
+    );
+    let repair = ok(&["migrate-legacy", "repair"]);
+    assert!(repair.contains("re-sealed 2 value(s) in 1 row(s)"), "{repair}");
     let dropped = ok(&["migrate-legacy", "drop"]);
     assert!(
-        dropped.contains("Dropped legacy_patients.email"),
+        dropped.contains("Dropped legacy_patients.email")
+            && dropped.contains("Checked 1211 row(s) under an exclusive lock first"),
         "{dropped}"
     );
-    assert!(ok(&["migrate-legacy", "status"]).contains("email      dropped"));
+    assert!(ok(&["migrate-legacy", "status"]).contains("email      purged"));
+    // Re-running finishes nothing twice and fails nothing.
+    let again = ok(&["migrate-legacy", "drop"]);
+    assert!(again.contains("Already dropped: full_name, email, phone."), "{again}");
+    // The late row's values survived the drop: its envelopes open to them.
+    let shown = ok(&["migrate-legacy", "status"]);
+    assert!(shown.contains("legacy_patients: 1211 row(s)"), "{shown}");
 
     // No legacy plaintext is left in the file.
     let mut bytes = std::fs::read(dir.join("clinic.db")).expect("database file");
@@ -469,6 +530,40 @@ fn migrate_legacy_walks_every_phase_and_refuses_steps_out_of_order() {
         );
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Runs one statement on a SQLite file, as an old app instance would (no envelopes).
+fn sql(path: &std::path::Path, statement: &str) {
+    let url = format!("sqlite://{}?mode=rw", path.display());
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(async {
+            let db = Database::connect(&url).await.expect("opens clinic.db");
+            db.execute_unprepared(statement).await.expect("statement runs");
+            db.close().await.expect("closes");
+        });
+}
+
+/// `SELECT count(*) …` on a SQLite file.
+fn sql_count(path: &std::path::Path, query: &str) -> i64 {
+    let url = format!("sqlite://{}?mode=ro", path.display());
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(async {
+            let db = Database::connect(&url).await.expect("opens clinic.db");
+            let row = db
+                .query_one_raw(sea_orm::Statement::from_string(db.get_database_backend(), query))
+                .await
+                .expect("query runs")
+                .expect("one row");
+            let n: i64 = row.try_get_by_index(0).expect("a count");
+            db.close().await.expect("closes");
+            n
+        })
 }
 
 /// A `clinic` runner bound to one directory (so `clinic.db` is its own) and one key set.

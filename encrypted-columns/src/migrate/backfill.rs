@@ -1,234 +1,211 @@
-//! The batched, resumable, guarded backfill of a plaintext column into its encrypted column.
+//! The backfill: seal every value that has plaintext and no envelope, all of a row's columns
+//! in one pass, by any number of cooperating workers.
 
-use sea_orm::sea_query::{CaseStatement, Expr, ExprTrait, Func, Order, Query};
-use sea_orm::{ConnectionTrait, DbErr, TransactionSession, TransactionTrait, TryGetable, Value};
-use tracing::{Instrument, debug, info, info_span};
+use sea_orm::sea_query::{Condition, Expr, ExprTrait};
+use sea_orm::{ConnectionTrait, DbErr, TransactionSession, TransactionTrait};
+use tracing::{Instrument, info, info_span};
 
-use super::sql::{a, check_columns, exact_eq, pk_of};
-use super::state::{self, Kind};
-use super::{EncryptColumn, Phase, Progress, RunOptions};
-use crate::blind_index::IndexArg;
-use crate::context::ColumnContext;
+use super::plan::{EncryptTable, Inspect};
+use super::precheck::unique_duplicates;
+use super::retry::retrying;
+use super::sql::{a, check_columns};
+use super::stage::stage;
+use super::work::{Job, owner_name};
+use super::worker::Worker;
+use super::{Phase, Progress, RunOptions, state};
 use crate::keyring;
-use crate::types::{Encrypted, Plaintext};
 
-/// What a backfill run did.
+/// Passes over the table one worker makes before it finishes with values still missing
+/// (written plaintext-only behind the backfill by an instance that does not dual-write;
+/// verify reports them and [`repair`](super::repair) seals them).
+const MAX_PASSES: u32 = 3;
+
+/// What one backfill worker did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BackfillReport {
-    /// Rows sealed by this run.
+    /// Values (row × column) this worker sealed.
     pub sealed: u64,
-    /// Rows skipped because the application changed them between read and write (they got
-    /// the application's own dual write instead).
+    /// Rows in which this worker sealed at least one value.
+    pub rows: u64,
+    /// Values this worker found unsealed but left alone because the application changed
+    /// them between the read and the write (they got the application's own dual write).
     pub skipped: u64,
-    /// Batches committed.
+    /// Chunks (batches) this worker committed.
     pub batches: u64,
-    /// Whether the table is done (phase `backfilled`); `false` when `max_batches` stopped it.
+    /// Of those, chunks taken over from a worker whose lease had expired.
+    pub taken_over: u64,
+    /// Whether the backfill is finished (by this worker or another): the columns are in
+    /// phase `backfilled`. `false` when `max_batches` stopped this worker first.
     pub finished: bool,
+    /// When finished by this worker: values still without an envelope after its last pass.
+    pub remaining: u64,
+    /// Values sealed by this worker, per column, in plan order.
+    pub by_column: Vec<(String, u64)>,
+    /// Columns left alone because they were already past the backfill.
+    pub already_done: Vec<String>,
 }
 
-/// Seals every row of `spec.table` whose encrypted column is NULL and plaintext is not.
+/// Seals every value of the plan's columns that has plaintext and no envelope.
 ///
-/// Needs phase `dual_write` (or a previous backfill's phases); moves to `backfilling`, and to
-/// `backfilled` when a full pass finds nothing left. Each batch is one transaction holding
-/// the UPDATE and the new cursor, so a crash (even `kill -9`) loses at most the batch in
-/// flight, and the next run resumes after the last committed one. `progress` runs after each
-/// batch.
-pub async fn backfill<T, C, D>(
+/// Columns in `dual_write` or `backfilling` take part (moving to `backfilling` together);
+/// columns already past the backfill are left alone (reported in `already_done`); a column
+/// still in `added` refuses the step. Before anything is written, every UNIQUE blind index is
+/// checked for plaintexts that would collide ([`Error::DuplicateValues`](crate::Error)).
+///
+/// Any number of workers may run this at once, on any machine: they share the table in
+/// chunks of `batch_size` rows, claimed with a lease ([`RunOptions::lease`]); a worker that
+/// dies leaves its chunk to the others once the lease runs out. Each chunk is one transaction
+/// holding its writes and the claim's completion, so a crash (even `kill -9`) loses at most
+/// the chunk in flight. Every value is written under a guard (plaintext and envelope still as
+/// read), so a value the application changes meanwhile is never overwritten with stale data.
+/// The worker that completes the last pass moves the columns to `backfilled`. `progress`
+/// runs after each chunk this worker commits.
+pub async fn backfill<P, D>(
     db: &D,
-    spec: &EncryptColumn<T, C>,
+    plan: P,
     options: &RunOptions,
     mut progress: impl FnMut(&Progress),
 ) -> Result<BackfillReport, DbErr>
 where
-    T: Plaintext + TryGetable + Into<Value> + IndexArg<T>,
-    C: ColumnContext,
+    P: Into<EncryptTable>,
     D: ConnectionTrait + TransactionTrait,
 {
-    let span = info_span!("backfill", table = %spec.table, column = %spec.plaintext);
-    run(db, spec, options, &mut progress).instrument(span).await
+    let plan = plan.into();
+    let span = info_span!("backfill", table = %plan.table);
+    run(db, &plan, options, &mut progress)
+        .instrument(span)
+        .await
 }
 
-async fn run<T, C, D>(
+/// `(enc IS NULL AND plain IS NOT NULL)` for any column of the plan.
+fn unsealed(plan: &EncryptTable) -> Condition {
+    plan.columns.iter().fold(Condition::any(), |cond, c| {
+        cond.add(
+            Condition::all()
+                .add(Expr::col(a(c.encrypted())).is_null())
+                .add(Expr::col(a(c.plaintext())).is_not_null()),
+        )
+    })
+}
+
+async fn run<D>(
     db: &D,
-    spec: &EncryptColumn<T, C>,
+    plan: &EncryptTable,
     options: &RunOptions,
     progress: &mut dyn FnMut(&Progress),
 ) -> Result<BackfillReport, DbErr>
 where
-    T: Plaintext + TryGetable + Into<Value> + IndexArg<T>,
-    C: ColumnContext,
     D: ConnectionTrait + TransactionTrait,
 {
-    let (table, pk, plain, enc) = (
-        &spec.table,
-        &spec.primary_key,
-        &spec.plaintext,
-        &spec.encrypted,
-    );
+    let batch_size = options.checked_batch()?;
     let keyring = keyring::current()?;
-    if !spec.indexes.is_empty() && keyring.active_blind_index_key_id().is_none() {
+    plan.check()?;
+    if plan.has_indexes() && keyring.active_blind_index_key_id().is_none() {
         return Err(crate::Error::NoBlindIndexKey.into());
     }
-    let mut columns = vec![pk.as_str(), plain.as_str(), enc.as_str()];
-    columns.extend(spec.indexes.iter().map(|(c, _)| c.as_str()));
-    check_columns(db, table, &columns).await?;
-
-    let current = state::load(db, table, plain)
-        .await?
-        .ok_or_else(|| state::not_started(table, plain))?;
-    if current.phase != Phase::Backfilling {
-        state::transition(db, table, plain, Phase::Backfilling, None).await?;
-    }
-    let total = remaining(db, spec).await?;
-    info!(remaining = total, "backfill starting");
-
-    let batch_size = Ord::max(options.batch_size, 1);
-    let text = T::TYPE_NAME == "String";
-    let backend = db.get_database_backend();
-    let mut cursor = current.cursor.unwrap_or(i64::MIN);
-    let mut report = BackfillReport::default();
-    let mut restarted = false;
-    loop {
-        if options.max_batches.is_some_and(|max| report.batches >= max) {
-            return Ok(report);
-        }
-        let select = Query::select()
-            .column(a(pk))
-            .column(a(plain))
-            .from(a(table))
-            .and_where(Expr::col(a(pk)).gt(cursor))
-            .and_where(Expr::col(a(enc)).is_null())
-            .and_where(Expr::col(a(plain)).is_not_null())
-            .order_by(a(pk), Order::Asc)
-            .limit(batch_size)
-            .to_owned();
-        let rows = db.query_all(&select).await?;
-        if rows.is_empty() {
-            // Rows skipped by the guard, or written plaintext-only by a writer that was not
-            // yet dual-writing, sit behind the cursor: one more pass from the start.
-            if !restarted && cursor != i64::MIN && remaining(db, spec).await? > 0 {
-                restarted = true;
-                cursor = i64::MIN;
-                continue;
-            }
-            break;
-        }
-
-        let mut ids = Vec::with_capacity(rows.len());
-        let mut enc_case = CaseStatement::new();
-        let mut index_cases: Vec<CaseStatement> =
-            spec.indexes.iter().map(|_| CaseStatement::new()).collect();
-        for row in &rows {
-            let id = pk_of(row, table, pk)?;
-            let value: T = row.try_get("", plain)?;
-            let sealed = Encrypted::<T, C>::new_with(&keyring, value.clone())?;
-            let guard = || {
-                Expr::col(a(pk))
-                    .eq(id)
-                    .and(exact_eq(backend, text, plain, value.clone().into()))
-            };
-            enc_case = enc_case.case(guard(), Expr::val(sealed.envelope().to_vec()));
-            for ((_, index), case) in spec.indexes.iter().zip(index_cases.iter_mut()) {
-                let input = value.index_input()?;
-                let computed = index.compute(&keyring, &[Some(input)])?;
-                *case = std::mem::take(case).case(guard(), Expr::val(computed));
-            }
-            ids.push(id);
-        }
-        let last = *ids.last().unwrap_or(&cursor);
-        let mut update = Query::update();
-        update
-            .table(a(table))
-            .value(a(enc), enc_case.finally(Expr::col(a(enc))))
-            .and_where(Expr::col(a(pk)).is_in(ids.clone()))
-            .and_where(Expr::col(a(enc)).is_null());
-        for ((column, _), case) in spec.indexes.iter().zip(index_cases) {
-            update.value(a(column), case.finally(Expr::col(a(column))));
-        }
-
-        let txn = db.begin().await?;
-        // Rows matched: still without envelope when the UPDATE ran (all three drivers count
-        // matched rows; sqlx sets CLIENT_FOUND_ROWS on MySQL). A row the application
-        // dual-wrote between our read and this UPDATE is not matched.
-        let matched = txn.execute(&update).await?.rows_affected();
-        // Of those, the ones still NULL failed the guard: the application changed their
-        // plaintext meanwhile.
-        let left = Query::select()
-            .expr_as(Func::count(Expr::col(a(pk))), a("n"))
-            .from(a(table))
-            .and_where(Expr::col(a(pk)).is_in(ids.clone()))
-            .and_where(Expr::col(a(enc)).is_null())
-            .to_owned();
-        let still_null = match txn.query_one(&left).await? {
-            Some(row) => u64::try_from(row.try_get::<i64>("", "n")?).unwrap_or(0),
-            None => 0,
-        };
-        // Skipped = every row of the batch we did not seal ourselves, whether the
-        // application dual-wrote it (not matched) or changed its plaintext (guard failed),
-        // as `BackfillReport::skipped` documents. (Counting only rows left NULL missed the
-        // dual-written ones and reported them as sealed.)
-        let sealed = Ord::min(matched.saturating_sub(still_null), ids.len() as u64);
-        let skipped = ids.len() as u64 - sealed;
-        state::save_cursor(
-            &txn,
-            table,
-            plain,
-            Kind::Encrypt,
-            Some(last),
-            sealed as i64,
-            None,
-        )
-        .await?;
-        txn.commit().await?;
-
-        cursor = last;
-        report.batches += 1;
-        report.sealed += sealed;
-        report.skipped += skipped;
-        debug!(
-            batch = report.batches,
-            sealed, skipped, cursor, "batch committed"
-        );
-        progress(&Progress {
-            done: report.sealed,
-            skipped: report.skipped,
-            total,
-            cursor,
-        });
-        if let Some(pause) = options.throttle {
-            tokio::time::sleep(pause).await;
-        }
-    }
-    state::transition(
+    let stage = stage(
         db,
-        table,
-        plain,
-        Phase::Backfilled,
-        Some(report.sealed as i64),
+        plan,
+        &[Phase::DualWrite, Phase::Backfilling],
+        &[
+            Phase::Backfilled,
+            Phase::Verified,
+            Phase::CutOver,
+            Phase::Dropped,
+            Phase::Purged,
+        ],
+        Phase::Backfilling,
     )
     .await?;
+    let mut report = BackfillReport {
+        already_done: stage.past.iter().map(|(c, _)| c.clone()).collect(),
+        ..BackfillReport::default()
+    };
+    let plan = &stage.plan;
+    if plan.columns.is_empty() {
+        info!("every column is already past the backfill");
+        report.finished = true;
+        return Ok(report);
+    }
+    check_columns(db, &plan.table, &plan.physical_columns()).await?;
+    report.by_column = plan
+        .plaintext_columns()
+        .into_iter()
+        .map(|c| (c.to_owned(), 0))
+        .collect();
+    // Before any write: values that would collide under a UNIQUE blind index.
+    unique_duplicates(db, &keyring, plan, batch_size).await?;
+    start(db, plan).await?;
+
+    let worker = Worker {
+        plan,
+        job: Job {
+            table: plan.table.clone(),
+            job: "backfill",
+            owner: owner_name(),
+            lease: options.lease,
+            columns: plan.plaintext_columns().join(","),
+        },
+        needs: unsealed(plan),
+        how: vec![Inspect::Backfill; plan.columns.len()],
+        max_passes: MAX_PASSES,
+    };
+    let table = plan.table.clone();
+    let tally = worker
+        .run(db, &keyring, options, progress, async |txn, remaining| {
+            // Read inside the job's lock: the columns this run moved to `backfilling` (or
+            // another worker's run did) finish together.
+            let columns = plan.plaintext_columns();
+            let now = state::phases(txn, &table, &columns).await?;
+            let moves: Vec<(String, Phase)> = columns
+                .iter()
+                .zip(now)
+                .filter(|(_, p)| *p == Phase::Backfilling)
+                .map(|(c, p)| ((*c).to_owned(), p))
+                .collect();
+            let note = format!("backfill finished; {remaining} row(s) still with unsealed values");
+            state::move_columns(txn, &table, &moves, Phase::Backfilled, None, Some(&note)).await
+        })
+        .await?;
+    report.sealed = tally.cells.iter().sum();
+    report.skipped = tally.refused.iter().sum();
+    report.rows = tally.rows;
+    report.batches = tally.batches;
+    report.taken_over = tally.taken_over;
+    report.finished = tally.finished;
+    report.remaining = tally.remaining.unwrap_or(0);
+    for (slot, n) in report.by_column.iter_mut().zip(&tally.cells) {
+        slot.1 = *n;
+    }
     info!(
         sealed = report.sealed,
         skipped = report.skipped,
-        "backfill finished"
+        finished = report.finished,
+        "backfill worker done"
     );
-    report.finished = true;
     Ok(report)
 }
 
-/// Rows with plaintext but no envelope.
-async fn remaining<T, C, D: ConnectionTrait>(
+/// Moves the plan's `dual_write` columns to `backfilling`, together; columns another worker
+/// moved first are fine.
+async fn start<D: ConnectionTrait + TransactionTrait>(
     db: &D,
-    spec: &EncryptColumn<T, C>,
-) -> Result<u64, DbErr> {
-    let q = Query::select()
-        .expr_as(Func::count(Expr::col(a(&spec.primary_key))), a("n"))
-        .from(a(&spec.table))
-        .and_where(Expr::col(a(&spec.encrypted)).is_null())
-        .and_where(Expr::col(a(&spec.plaintext)).is_not_null())
-        .to_owned();
-    Ok(match db.query_one(&q).await? {
-        Some(row) => u64::try_from(row.try_get::<i64>("", "n")?).unwrap_or(0),
-        None => 0,
+    plan: &EncryptTable,
+) -> Result<(), DbErr> {
+    retrying("start the backfill", async || {
+        let txn = db.begin().await?;
+        let columns = plan.plaintext_columns();
+        let phases = state::phases(&txn, &plan.table, &columns).await?;
+        let moves: Vec<(String, Phase)> = columns
+            .iter()
+            .zip(phases)
+            .filter(|(_, p)| *p == Phase::DualWrite)
+            .map(|(c, p)| ((*c).to_owned(), p))
+            .collect();
+        if !moves.is_empty() {
+            state::move_columns(&txn, &plan.table, &moves, Phase::Backfilling, None, None).await?;
+        }
+        txn.commit().await
     })
+    .await
 }

@@ -1,49 +1,75 @@
 //! Encrypting live plaintext columns without downtime, and re-keying encrypted ones.
 //!
 //! The path for each column, recorded in a state table we own ([`state`]) so that every step
-//! is checked and resumable:
+//! is checked and resumable. A table's columns are described together by an
+//! [`EncryptTable`] plan and move through each step together (all or none); a step leaves
+//! alone the columns already past it, so re-running any step after an interruption makes
+//! progress.
 //!
-//! 1. **added** — a migration adds the encrypted companion (and blind-index) columns
+//! 1. **added**: a migration adds the encrypted companion (and blind-index) columns
 //!    ([`schema`] helpers), then [`state::start`].
-//! 2. **dual_write** — every writer fills plaintext and encrypted columns together and reads
-//!    encrypted-first ([`dual`]); [`state::transition`] to `DualWrite` once all are deployed.
-//! 3. **backfilling → backfilled** — [`backfill`] seals the remaining rows in keyset-paginated
-//!    batches, one transaction each, with the batch's cursor saved in the same transaction, so
-//!    a crash resumes where it stopped. Every UPDATE is guarded (`encrypted IS NULL AND
-//!    plaintext = the value read`): a row the application changed meanwhile is left to the
-//!    application's own dual write, never overwritten with stale data.
-//! 4. **verified** — [`verify`] opens every row and compares it with the plaintext (and every
-//!    blind index with its recomputation), reporting the ids of mismatches.
-//! 5. **cut_over** — reads become encrypted-only, failing closed ([`dual::ReadPolicy`]).
-//! 6. **dropped** — a migration drops the plaintext column ([`schema`]).
+//! 2. **dual_write**: every writer fills plaintext and encrypted columns together and reads
+//!    encrypted-first ([`dual`]); [`dual_write`] once all are deployed.
+//! 3. **backfilling → backfilled**: [`backfill`] seals every value that has no envelope, all
+//!    of a row's columns in one statement per batch, shared by any number of workers through
+//!    leased chunk claims. Every write is guarded (plaintext and envelope still as read): a
+//!    value the application changed meanwhile is never overwritten with stale data. UNIQUE
+//!    blind indexes are checked for colliding plaintexts before anything is written.
+//! 4. **verified**: [`verify`] opens every value and compares it with its plaintext (and
+//!    every blind index with its recomputation). A failing verify moves `verified` columns
+//!    back to `backfilled`. [`repair`] re-seals exactly what verify reports (rows an old
+//!    instance wrote plaintext-only during a rolling deploy); verify again.
+//! 5. **cut_over**: [`cut_over`] re-checks every row with writers held off, then reads become
+//!    encrypted-only, failing closed ([`dual::ReadPolicy`]).
+//! 6. **dropped**: [`drop_plaintext`] re-checks, under an exclusive lock and in the step that
+//!    drops, that no row holds plaintext without a matching envelope, then drops the
+//!    plaintext columns.
+//! 7. **purged**: [`purge`] rewrites the table so the dropped bytes leave the database files.
 //!
 //! [`rotate`] re-encrypts rows sealed with older keys (and recomputes blind indexes of older
-//! versions) with the same batching, resume and compare-and-set guard.
+//! versions) with batching, resume and a compare-and-set guard.
 
 mod backfill;
+mod batch;
+mod cutover;
+mod dropping;
 pub mod dual;
+mod lock;
 pub mod phase;
+mod plan;
+mod precheck;
+mod repair;
+mod retry;
 mod rotate;
 #[cfg(feature = "migration")]
 pub mod schema;
 mod sql;
+mod stage;
 pub mod state;
 mod verify;
+mod work;
+mod worker;
 
 use std::marker::PhantomData;
 use std::time::Duration;
 
-use sea_orm::{TryGetable, Value};
+use sea_orm::sea_query::Nullable;
+use sea_orm::{ConnectionTrait, DbErr, TransactionSession, TransactionTrait, TryGetable, Value};
 
 use crate::blind_index::{BlindIndex, IndexArg};
 use crate::context::ColumnContext;
 use crate::types::Plaintext;
 
 pub use backfill::{BackfillReport, backfill};
+pub use cutover::{CutOverReport, cut_over};
+pub use dropping::{DropReport, drop_plaintext, purge};
 pub use phase::Phase;
+pub use plan::EncryptTable;
+pub use repair::{RepairReport, repair};
 pub use rotate::{RotateColumn, RotationReport, index_key_usage, key_usage, rotate};
 pub use state::MigrationState;
-pub use verify::{VerifyReport, verify};
+pub use verify::{ColumnReport, MAX_LISTED_IDS, VerifyReport, verify};
+pub use work::{CLAIMS_TABLE, WORK_TABLE};
 
 /// One plaintext column to encrypt: where it is, where its envelope goes, and which blind
 /// indexes to fill from it. `T` is the plaintext type (as read from the plaintext column and
@@ -81,7 +107,7 @@ impl<T, C> Clone for EncryptColumn<T, C> {
 
 impl<T, C> EncryptColumn<T, C>
 where
-    T: Plaintext + TryGetable + Into<Value> + IndexArg<T>,
+    T: Plaintext + TryGetable + Into<Value> + IndexArg<T> + Nullable,
     C: ColumnContext,
 {
     /// `table.plaintext` (integer primary key `primary_key`) is sealed into `table.encrypted`.
@@ -119,15 +145,22 @@ where
     }
 }
 
-/// How a backfill, verify or rotation run proceeds.
+/// The largest batch a step accepts: more rows per transaction only hold locks longer.
+pub const MAX_BATCH_SIZE: u64 = 10_000;
+
+/// How a backfill, repair, verify or rotation run proceeds.
 #[derive(Debug, Clone)]
 pub struct RunOptions {
-    /// Rows per batch (one transaction each). Default 500.
+    /// Rows per batch (one transaction each), 1 to [`MAX_BATCH_SIZE`]. Default 500.
     pub batch_size: u64,
     /// Pause between batches, to leave the database room for the application.
     pub throttle: Option<Duration>,
     /// Stop after this many batches (the run resumes from its cursor next time).
     pub max_batches: Option<u64>,
+    /// How long a worker's claim on a chunk holds before another worker may take the chunk
+    /// over (backfill and repair). Longer than any batch takes; it is also how long a
+    /// restarted run waits for the chunk a killed worker held. Default 30 s.
+    pub lease: Duration,
 }
 
 impl Default for RunOptions {
@@ -136,8 +169,62 @@ impl Default for RunOptions {
             batch_size: 500,
             throttle: None,
             max_batches: None,
+            lease: Duration::from_secs(30),
         }
     }
+}
+
+impl RunOptions {
+    /// `batch_size`, refused outside 1..=[`MAX_BATCH_SIZE`].
+    pub(crate) fn checked_batch(&self) -> Result<u64, DbErr> {
+        if (1..=MAX_BATCH_SIZE).contains(&self.batch_size) && !self.lease.is_zero() {
+            Ok(self.batch_size)
+        } else {
+            Err(crate::Error::Migration {
+                table: "-".into(),
+                column: "-".into(),
+                problem: format!(
+                    "batch size {} is outside 1..={MAX_BATCH_SIZE}, or the lease is zero",
+                    self.batch_size
+                ),
+            }
+            .into())
+        }
+    }
+}
+
+/// Moves every `added` column of the plan to `dual_write`, together: call it once every
+/// application instance writes both columns ([`dual::ReadPolicy::write`]). Columns already
+/// past it are left alone. Returns the columns it moved.
+pub async fn dual_write<P, D>(db: &D, plan: P) -> Result<Vec<String>, DbErr>
+where
+    P: Into<EncryptTable>,
+    D: ConnectionTrait + TransactionTrait,
+{
+    let plan = plan.into();
+    let later = [
+        Phase::Backfilling,
+        Phase::Backfilled,
+        Phase::Verified,
+        Phase::CutOver,
+        Phase::Dropped,
+        Phase::Purged,
+    ];
+    let st = stage::stage(
+        db,
+        &plan,
+        &[Phase::Added, Phase::DualWrite],
+        &later,
+        Phase::DualWrite,
+    )
+    .await?;
+    let moves = st.in_phase(Phase::Added);
+    if !moves.is_empty() {
+        let txn = db.begin().await?;
+        state::move_columns(&txn, &plan.table, &moves, Phase::DualWrite, None, None).await?;
+        txn.commit().await?;
+    }
+    Ok(moves.into_iter().map(|(c, _)| c).collect())
 }
 
 /// Progress of a running backfill or rotation, passed to the caller's callback after each

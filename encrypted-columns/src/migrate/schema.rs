@@ -14,12 +14,12 @@
 //! }
 //! ```
 
+use sea_orm::DbErr;
 use sea_orm::sea_query::{ColumnDef, Index, Table};
-use sea_orm::{ConnectionTrait, DbErr};
 use sea_orm_migration::SchemaManager;
 
 use super::sql::a;
-use super::{Phase, state};
+use super::{EncryptTable, RunOptions, state};
 use crate::blind_index::BlindIndex;
 use crate::schema::{blind_index_column_type, envelope_column_type};
 
@@ -81,49 +81,23 @@ pub async fn add_blind_index_column(
     manager.create_index(create.to_owned()).await
 }
 
-/// Drops the plaintext column after cut-over (dropping `indexes` on it first, as SQLite
-/// requires) and records phase `dropped`. Refused, with nothing changed, before cut-over.
+/// Drops the plaintext columns of `plan` after cut-over, in a migration: the same step as
+/// [`drop_plaintext`](super::drop_plaintext), which re-checks every row under an exclusive
+/// lock and refuses, with nothing dropped, while any row holds plaintext that no envelope
+/// carries. `indexes` on the plaintext columns are dropped first (SQLite's are also found).
+/// Refused before cut-over; columns already dropped are left alone.
 pub async fn drop_plaintext_column(
     manager: &SchemaManager<'_>,
-    table: &str,
-    plaintext: &str,
+    plan: impl Into<EncryptTable>,
     indexes: &[&str],
-) -> Result<(), DbErr> {
-    let current = state::load(manager.get_connection(), table, plaintext)
-        .await?
-        .ok_or_else(|| state::not_started(table, plaintext))?;
-    if let Some(problem) = current.phase.check_transition(Phase::Dropped) {
-        return Err(crate::Error::Phase {
-            table: table.to_owned(),
-            column: plaintext.to_owned(),
-            from: current.phase.as_str(),
-            to: Phase::Dropped.as_str(),
-            problem,
-        }
-        .into());
-    }
-    for index in indexes {
-        manager
-            .drop_index(Index::drop().name(*index).table(a(table)).to_owned())
-            .await?;
-    }
-    manager
-        .alter_table(
-            Table::alter()
-                .table(a(table))
-                .drop_column(a(plaintext))
-                .to_owned(),
-        )
-        .await?;
-    state::transition(
+) -> Result<super::DropReport, DbErr> {
+    super::drop_plaintext(
         manager.get_connection(),
-        table,
-        plaintext,
-        Phase::Dropped,
-        None,
+        plan,
+        indexes,
+        &RunOptions::default(),
     )
-    .await?;
-    Ok(())
+    .await
 }
 
 /// Rewrites `table` so the bytes of dropped or overwritten plaintext leave the database
@@ -132,19 +106,10 @@ pub async fn drop_plaintext_column(
 /// whole file), `ALTER TABLE … FORCE` (MySQL/MariaDB, an online rebuild) or `VACUUM FULL`
 /// (PostgreSQL: takes an exclusive lock on the table for the rewrite; use `pg_repack` where
 /// that is too long). Run it outside a transaction. Backups and replicas taken earlier still
-/// hold plaintext: expire them on your retention schedule.
+/// hold plaintext: expire them on your retention schedule. [`purge`](super::purge) does the
+/// same and records phase `purged`.
 pub async fn purge_dropped_data(manager: &SchemaManager<'_>, table: &str) -> Result<(), DbErr> {
-    let quoted = |q: char| format!("{q}{}{q}", table.replace(q, &format!("{q}{q}")));
-    let sql = match manager.get_database_backend() {
-        sea_orm::DbBackend::Sqlite => "VACUUM".to_owned(),
-        sea_orm::DbBackend::MySql => format!("ALTER TABLE {} FORCE", quoted('`')),
-        _ => format!("VACUUM FULL {}", quoted('"')),
-    };
-    manager
-        .get_connection()
-        .execute_unprepared(&sql)
-        .await
-        .map(|_| ())
+    super::dropping::rewrite_table(manager.get_connection(), table).await
 }
 
 /// Renames a column (e.g. `email_enc` → `email` once the plaintext `email` is gone). The

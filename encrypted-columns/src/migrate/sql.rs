@@ -104,14 +104,3 @@ async fn check_sqlite_columns<C: ConnectionTrait>(
         )))
     }
 }
-
-/// `col = value` compared byte for byte: MySQL's default collations would call "ada" and
-/// "ADA" equal and let a stale value through the guard.
-pub(crate) fn exact_eq(backend: DbBackend, text: bool, col: &str, value: sea_orm::Value) -> Expr {
-    if text && backend == DbBackend::MySql {
-        Expr::expr(Func::cast_as(Expr::col(a(col)), a("BINARY")))
-            .eq(Func::cast_as(Expr::val(value), a("BINARY")))
-    } else {
-        Expr::col(a(col)).eq(value)
-    }
-}

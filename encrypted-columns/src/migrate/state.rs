@@ -111,7 +111,7 @@ pub async fn ensure_tables<C: ConnectionTrait>(db: &C) -> Result<(), DbErr> {
         .col(ColumnDef::new(a("at_ms")).big_integer().not_null())
         .to_owned();
     db.execute(&log).await?;
-    Ok(())
+    super::work::ensure_tables(db).await
 }
 
 fn parse_row(row: &QueryResult) -> Result<MigrationState, DbErr> {
@@ -145,6 +145,17 @@ pub(crate) async fn load_kind<C: ConnectionTrait>(
     kind: Kind,
 ) -> Result<Option<MigrationState>, DbErr> {
     ensure_tables(db).await?;
+    read_kind(db, table, column, kind).await
+}
+
+/// [`load_kind`] without creating the tables (inside a MySQL `LOCK TABLES` section, where
+/// DDL on other tables is refused).
+pub(crate) async fn read_kind<C: ConnectionTrait>(
+    db: &C,
+    table: &str,
+    column: &str,
+    kind: Kind,
+) -> Result<Option<MigrationState>, DbErr> {
     let q = Query::select()
         .columns([
             a("table_name"),
@@ -293,6 +304,12 @@ pub(crate) async fn log<C: ConnectionTrait>(
 
 /// Moves `table.column` to phase `to`, if that move is legal from the phase it is in.
 /// Refused moves change nothing and return [`Error::Phase`] (inside the `DbErr`).
+///
+/// Only the moves that check nothing are made here (`added → dual_write`); every later
+/// phase is reached through the step that checks the rows ([`backfill`](super::backfill),
+/// [`verify`](super::verify), [`cut_over`](super::cut_over),
+/// [`drop_plaintext`](super::drop_plaintext), [`purge`](super::purge)), and refused here
+/// with the name of that step.
 pub async fn transition<C: ConnectionTrait>(
     db: &C,
     table: &str,
@@ -314,6 +331,29 @@ pub(crate) async fn transition_kind<C: ConnectionTrait>(
     let current = load_kind(db, table, column, kind)
         .await?
         .ok_or_else(|| not_started(table, column))?;
+    // Every later move checks rows first, so it is made only by the step that checks.
+    let step = match to {
+        Phase::Added | Phase::DualWrite => None,
+        Phase::Backfilling | Phase::Backfilled => Some("moved only by `migrate::backfill`"),
+        Phase::Verified => Some("moved only by `migrate::verify`, which checks every row"),
+        Phase::CutOver => Some("moved only by `migrate::cut_over`, which re-checks every row"),
+        Phase::Dropped => {
+            Some("moved only by `migrate::drop_plaintext`, which re-checks every row")
+        }
+        Phase::Purged => Some("moved only by `migrate::purge`"),
+    };
+    if let (Kind::Encrypt, Some(problem)) = (kind, step)
+        && current.phase.check_transition(to).is_none()
+    {
+        return Err(Error::Phase {
+            table: table.to_owned(),
+            column: column.to_owned(),
+            from: current.phase.as_str(),
+            to: to.as_str(),
+            problem,
+        }
+        .into());
+    }
     if let Some(problem) = current.phase.check_transition(to) {
         return Err(Error::Phase {
             table: table.to_owned(),
@@ -381,4 +421,98 @@ pub(crate) fn not_started(table: &str, column: &str) -> DbErr {
                   `migrate::start` (phase `added`), then switch writers to dual write",
     }
     .into()
+}
+
+/// Moves every `(column, from)` of `table` to `to` with a compare-and-set on `from`, logging
+/// each move. Run it inside one transaction so a table's columns move together: if any
+/// column is no longer in its `from` phase, the caller's transaction is rolled back with
+/// everything else.
+pub(crate) async fn move_columns<C: ConnectionTrait>(
+    db: &C,
+    table: &str,
+    moves: &[(String, Phase)],
+    to: Phase,
+    rows: Option<i64>,
+    note: Option<&str>,
+) -> Result<(), DbErr> {
+    for (column, from) in moves {
+        if let Some(problem) = from.check_transition(to) {
+            return Err(Error::Phase {
+                table: table.to_owned(),
+                column: column.clone(),
+                from: from.as_str(),
+                to: to.as_str(),
+                problem,
+            }
+            .into());
+        }
+        let update = Query::update()
+            .table(a(STATE_TABLE))
+            .value(a("phase"), to.as_str())
+            .value(a("updated_at_ms"), now_ms())
+            .and_where(Expr::col(a("table_name")).eq(table))
+            .and_where(Expr::col(a("column_name")).eq(column.as_str()))
+            .and_where(Expr::col(a("kind")).eq(Kind::Encrypt.as_str()))
+            .and_where(Expr::col(a("phase")).eq(from.as_str()))
+            .to_owned();
+        if db.execute(&update).await?.rows_affected() != 1 {
+            return Err(DbErr::Custom(format!(
+                "{table}.{column}: the migration phase changed while moving it from {from} to \
+                 {to} (another process?); nothing was changed, run the step again"
+            )));
+        }
+        log(
+            db,
+            table,
+            column,
+            Kind::Encrypt,
+            Some(*from),
+            to,
+            rows,
+            note,
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Adds sealed-cell counts to each column's `rows_done` (one statement per changed column).
+pub(crate) async fn add_done<C: ConnectionTrait>(
+    db: &C,
+    table: &str,
+    counts: &[(&str, u64)],
+) -> Result<(), DbErr> {
+    for (column, n) in counts.iter().filter(|(_, n)| *n > 0) {
+        let update = Query::update()
+            .table(a(STATE_TABLE))
+            .value(
+                a("rows_done"),
+                Expr::col(a("rows_done")).add(i64::try_from(*n).unwrap_or(i64::MAX)),
+            )
+            .value(a("updated_at_ms"), now_ms())
+            .and_where(Expr::col(a("table_name")).eq(table))
+            .and_where(Expr::col(a("column_name")).eq(*column))
+            .and_where(Expr::col(a("kind")).eq(Kind::Encrypt.as_str()))
+            .to_owned();
+        db.execute(&update).await?;
+    }
+    Ok(())
+}
+
+/// The phase of each of `columns` (in order), refusing columns never started. Creates no
+/// table (it runs inside transactions, where MySQL would commit on DDL): call
+/// [`ensure_tables`] first.
+pub(crate) async fn phases<C: ConnectionTrait>(
+    db: &C,
+    table: &str,
+    columns: &[&str],
+) -> Result<Vec<Phase>, DbErr> {
+    let mut out = Vec::with_capacity(columns.len());
+    for column in columns {
+        let state = read_kind(db, table, column, Kind::Encrypt)
+            .await?
+            .ok_or_else(|| not_started(table, column))?;
+        out.push(state.phase);
+    }
+    Ok(out)
 }

@@ -161,6 +161,7 @@ pub async fn run(database_url: Option<&str>, population: u32) -> Result<(), Stri
         Step::Backfill {
             batch_size: 100,
             throttle_ms: 0,
+            lease_secs: 30,
         },
         Step::Verify,
         Step::Cutover,

@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use encrypted_columns::migrate::dual::ReadPolicy;
-use encrypted_columns::migrate::{self, EncryptColumn, Phase, Progress, RunOptions};
-use encrypted_columns::{ColumnContext, Error as SealError, keyring};
+use encrypted_columns::migrate::{self, EncryptColumn, EncryptTable, Phase, Progress, RunOptions};
+use encrypted_columns::{Error as SealError, keyring};
 use indicatif::{ProgressBar, ProgressStyle};
 use sea_orm::sea_query::{Expr, ExprTrait, Func, Query};
 use sea_orm::{ActiveModelTrait, ActiveValue::Set, ConnectionTrait, DatabaseConnection};
@@ -35,25 +35,41 @@ pub enum Step {
     Seed { rows: u32 },
     /// Record that every writer now dual-writes.
     DualWrite,
-    /// Seal the remaining rows.
-    Backfill { batch_size: u64, throttle_ms: u64 },
+    /// Seal the remaining values (any number of processes may run it at once).
+    Backfill {
+        batch_size: u64,
+        throttle_ms: u64,
+        lease_secs: u64,
+    },
     /// Check every row.
     Verify,
-    /// Switch reads to encrypted-only.
+    /// Re-seal what verify reports, then verify again.
+    Repair { batch_size: u64, lease_secs: u64 },
+    /// Switch reads to encrypted-only, after a re-check under lock.
     Cutover,
-    /// Drop the plaintext columns.
+    /// Drop the plaintext columns (after a re-check under lock) and purge them.
     Drop,
 }
 
-fn full_name_spec() -> EncryptColumn<String, ctx::FullNameEnc> {
-    EncryptColumn::new(TABLE, "id", "full_name", "full_name_enc")
-}
-fn email_spec() -> EncryptColumn<String, ctx::EmailEnc> {
-    EncryptColumn::new(TABLE, "id", "email", "email_enc")
-        .with_index("email_bidx", legacy_patient::Entity::email_bidx_index())
-}
-fn phone_spec() -> EncryptColumn<String, ctx::PhoneEnc> {
-    EncryptColumn::new(TABLE, "id", "phone", "phone_enc")
+/// The three columns, moved through every phase together.
+pub fn plan() -> EncryptTable {
+    EncryptTable::new(TABLE, "id")
+        .column(EncryptColumn::<String, ctx::FullNameEnc>::new(
+            TABLE,
+            "id",
+            "full_name",
+            "full_name_enc",
+        ))
+        .column(
+            EncryptColumn::<String, ctx::EmailEnc>::new(TABLE, "id", "email", "email_enc")
+                .with_index("email_bidx", legacy_patient::Entity::email_bidx_index()),
+        )
+        .column(EncryptColumn::<String, ctx::PhoneEnc>::new(
+            TABLE,
+            "id",
+            "phone",
+            "phone_enc",
+        ))
 }
 
 /// Connects, loads keys and checks the schema is current.
@@ -72,6 +88,26 @@ pub async fn run(database_url: Option<&str>, step: Step) -> Result<(), String> {
     run_on(&db, step).await
 }
 
+fn options(batch_size: u64, throttle_ms: u64, lease_secs: u64) -> RunOptions {
+    RunOptions {
+        batch_size,
+        throttle: (throttle_ms > 0).then(|| Duration::from_millis(throttle_ms)),
+        lease: Duration::from_secs(lease_secs),
+        ..RunOptions::default()
+    }
+}
+
+/// A progress bar on stderr (hidden when stderr is not a terminal).
+fn bar(what: &str) -> ProgressBar {
+    let bar = ProgressBar::new(0).with_message(what.to_owned());
+    if let Ok(style) =
+        ProgressStyle::with_template("{msg:>10} [{bar:30}] {pos}/{len} rows  {per_sec}  eta {eta}")
+    {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar
+}
+
 /// Runs one step on an open, migrated database with the keyring installed (the demo).
 pub async fn run_on(db: &DatabaseConnection, step: Step) -> Result<(), String> {
     let db = db.clone();
@@ -79,142 +115,312 @@ pub async fn run_on(db: &DatabaseConnection, step: Step) -> Result<(), String> {
         Step::Status => status(&db).await,
         Step::Seed { rows } => seed(&db, rows).await,
         Step::DualWrite => {
-            for (plain, _) in COLUMNS {
-                migrate::state::transition(&db, TABLE, plain, Phase::DualWrite, None)
-                    .await
-                    .map_err(db_err)?;
+            let moved = migrate::dual_write(&db, plan()).await.map_err(db_err)?;
+            if moved.is_empty() {
+                say!("Every column is already past dual_write; nothing to do.");
+            } else {
+                say!(
+                    "Writers now fill plaintext and encrypted columns together (phase dual_write: {}).",
+                    moved.join(", ")
+                );
             }
-            say!("Writers now fill plaintext and encrypted columns together (phase dual_write).");
             say!("Next: `clinic migrate-legacy backfill`.");
             Ok(())
         }
         Step::Backfill {
             batch_size,
             throttle_ms,
-        } => {
-            let options = RunOptions {
-                batch_size,
-                throttle: (throttle_ms > 0).then(|| Duration::from_millis(throttle_ms)),
-                max_batches: None,
-            };
-            backfill_one(&db, &full_name_spec(), &options).await?;
-            backfill_one(&db, &email_spec(), &options).await?;
-            backfill_one(&db, &phone_spec(), &options).await?;
-            say!("Next: `clinic migrate-legacy verify`.");
-            Ok(())
-        }
+            lease_secs,
+        } => backfill(&db, &options(batch_size, throttle_ms, lease_secs)).await,
         Step::Verify => {
-            let ok = verify_one(&db, &full_name_spec()).await?
-                & verify_one(&db, &email_spec()).await?
-                & verify_one(&db, &phone_spec()).await?;
-            if ok {
-                say!("Next: `clinic migrate-legacy cutover`.");
+            if verify(&db).await? {
+                say!("{}", next_step(&db).await?);
                 Ok(())
             } else {
-                Err("verify found rows that do not match; re-run `clinic migrate-legacy backfill`, then verify".into())
+                Err(
+                    "verify found values that do not match: run `clinic migrate-legacy repair`"
+                        .into(),
+                )
             }
         }
+        Step::Repair {
+            batch_size,
+            lease_secs,
+        } => repair(&db, &options(batch_size, 0, lease_secs)).await,
         Step::Cutover => {
-            for (plain, _) in COLUMNS {
-                migrate::state::transition(&db, TABLE, plain, Phase::CutOver, None)
-                    .await
-                    .map_err(db_err)?;
+            let report = migrate::cut_over(&db, plan(), &RunOptions::default())
+                .await
+                .map_err(db_err)?;
+            if report.moved.is_empty() {
+                say!(
+                    "Already cut over: {}; nothing to do.",
+                    report.already.join(", ")
+                );
+            } else {
+                say!(
+                    "Re-checked {} row(s) with writers held off: every value matches. Cut over: {}.",
+                    report.check.rows,
+                    report.moved.join(", ")
+                );
+                say!(
+                    "Reads are now encrypted-only and fail closed; writes leave the plaintext columns NULL."
+                );
             }
-            say!(
-                "Reads are now encrypted-only and fail closed; writes leave the plaintext columns NULL."
-            );
             say!(
                 "Next: `clinic migrate-legacy drop` (in your app: a migration calling migrate::schema::drop_plaintext_column)."
             );
             Ok(())
         }
-        Step::Drop => {
-            let manager = SchemaManager::new(&db);
-            for (plain, _) in COLUMNS {
-                let indexes: &[&str] = if plain == "email" {
-                    &["legacy_patients_email"]
-                } else {
-                    &[]
-                };
-                migrate::schema::drop_plaintext_column(&manager, TABLE, plain, indexes)
-                    .await
-                    .map_err(db_err)?;
-                say!("Dropped {TABLE}.{plain}: only its envelope remains.");
-            }
-            // Dropping a column leaves its bytes in free pages; rewrite so they are gone.
-            migrate::schema::purge_dropped_data(&manager, TABLE)
-                .await
-                .map_err(db_err)?;
-            say!(
-                "Rewrote {TABLE} so the dropped plaintext is gone from the database files (older backups still hold it)."
-            );
-            Ok(())
-        }
+        Step::Drop => drop(&db).await,
     }
 }
 
-async fn backfill_one<C: ColumnContext>(
-    db: &DatabaseConnection,
-    spec: &EncryptColumn<String, C>,
-    options: &RunOptions,
-) -> Result<(), String> {
-    let bar = ProgressBar::new(0).with_message(spec.plaintext().to_owned());
-    if let Ok(style) =
-        ProgressStyle::with_template("{msg:>10} [{bar:30}] {pos}/{len} rows  {per_sec}  eta {eta}")
-    {
-        bar.set_style(style.progress_chars("=> "));
-    }
-    let report = migrate::backfill(db, spec, options, |p: &Progress| {
+async fn backfill(db: &DatabaseConnection, options: &RunOptions) -> Result<(), String> {
+    let bar = bar("backfill");
+    let report = migrate::backfill(db, plan(), options, |p: &Progress| {
         bar.set_length(p.total);
         bar.set_position(p.done + p.skipped);
     })
     .await
     .map_err(db_err)?;
     bar.finish_and_clear();
+    if !report.already_done.is_empty() {
+        say!(
+            "Already past the backfill, left alone: {}.",
+            report.already_done.join(", ")
+        );
+    }
+    if report.by_column.is_empty() {
+        say!("Next: `clinic migrate-legacy verify`.");
+        return Ok(());
+    }
+    for (column, sealed) in &report.by_column {
+        say!("{TABLE}.{column}: sealed {sealed} value(s).");
+    }
     say!(
-        "{TABLE}.{}: sealed {} row(s) in {} batch(es){}; phase backfilled.",
-        spec.plaintext(),
+        "This worker sealed {} value(s) in {} row(s) in {} batch(es){}{}.",
         report.sealed,
+        report.rows,
         report.batches,
         if report.skipped > 0 {
             format!(
-                ", {} changed by the application meanwhile and left to its dual write",
+                "; {} changed by the application meanwhile and left to its dual write",
                 report.skipped
+            )
+        } else {
+            String::new()
+        },
+        if report.taken_over > 0 {
+            format!(
+                "; {} batch(es) taken over from a worker that stopped",
+                report.taken_over
             )
         } else {
             String::new()
         }
     );
+    if report.finished {
+        say!("Phase backfilled.");
+        if report.remaining > 0 {
+            say!(
+                "{} row(s) still hold plaintext without an envelope: written plaintext-only since the backfill passed them (an instance that does not dual-write?). Verify reports them; repair seals them.",
+                report.remaining
+            );
+        }
+        say!("Next: `clinic migrate-legacy verify`.");
+    } else {
+        say!("Stopped before the end; run the backfill again to continue.");
+    }
     Ok(())
 }
 
-async fn verify_one<C: ColumnContext>(
-    db: &DatabaseConnection,
-    spec: &EncryptColumn<String, C>,
-) -> Result<bool, String> {
-    let report = migrate::verify(db, spec, &RunOptions::default())
+/// What to run after a passing verify, from the phases the columns are in now.
+async fn next_step(db: &DatabaseConnection) -> Result<&'static str, String> {
+    let mut phases = Vec::new();
+    for (plain, _) in COLUMNS {
+        let state = migrate::state::load(db, TABLE, plain)
+            .await
+            .map_err(db_err)?;
+        phases.push(state.map(|s| s.phase));
+    }
+    Ok(
+        if phases
+            .iter()
+            .all(|p| matches!(p, Some(Phase::Dropped | Phase::Purged)))
+        {
+            "Nothing left to do: the plaintext columns are dropped (`drop` again finishes a purge)."
+        } else if phases.contains(&Some(Phase::Verified)) {
+            "Next: `clinic migrate-legacy cutover`."
+        } else {
+            "Next: `clinic migrate-legacy drop`."
+        },
+    )
+}
+
+/// Prints verify's findings; returns whether every value matched.
+async fn verify(db: &DatabaseConnection) -> Result<bool, String> {
+    let report = migrate::verify(db, plan(), &RunOptions::default())
         .await
         .map_err(db_err)?;
-    if report.passed() {
+    for column in &report.columns {
+        let phase = column.phase.map_or("-", |p| p.as_str());
+        if column.passed() {
+            say!(
+                "{TABLE}.{}: {} row(s) checked, {} open to exactly their plaintext, {} NULL in both{}; phase {}.",
+                column.column,
+                report.rows,
+                column.matching,
+                column.both_null,
+                if column.encrypted_only > 0 {
+                    format!(
+                        ", {} encrypted only (written since cut-over)",
+                        column.encrypted_only
+                    )
+                } else {
+                    String::new()
+                },
+                match (report.passed(), phase) {
+                    (true, "backfilled") => "verified",
+                    (false, "verified") => "backfilled",
+                    (_, phase) => phase,
+                }
+            );
+        } else {
+            say!(
+                "{TABLE}.{}: {} row(s) checked: {} without envelope, {} mismatched, {} with a wrong index.",
+                column.column,
+                report.rows,
+                column.missing,
+                column.mismatched,
+                column.index_mismatched
+            );
+        }
+    }
+    if !report.skipped.is_empty() {
         say!(
-            "{TABLE}.{}: {} row(s) checked, {} open to exactly their plaintext, {} NULL in both; phase verified.",
-            spec.plaintext(),
-            report.rows,
-            report.matching,
-            report.both_null
+            "Already dropped, not checked: {}.",
+            report.skipped.join(", ")
         );
-    } else {
+    }
+    if !report.passed() {
+        let demoted = report
+            .columns
+            .iter()
+            .any(|c| c.phase == Some(Phase::Verified));
         say!(
-            "{TABLE}.{}: {} row(s) checked: {} not backfilled, {} mismatched, {} with a wrong index (ids: {:?}).",
-            spec.plaintext(),
-            report.rows,
-            report.missing,
-            report.mismatched,
-            report.index_mismatched,
-            report.problem_ids.iter().take(20).collect::<Vec<_>>()
+            "{} row(s) do not match (ids: {}){}.",
+            report.problem_rows,
+            ids(&report.problem_ids, report.problem_rows),
+            if demoted {
+                "; columns that were verified are back in `backfilled`, so cut-over waits"
+            } else {
+                ""
+            }
         );
     }
     Ok(report.passed())
+}
+
+fn ids(ids: &[i64], count: u64) -> String {
+    let shown: Vec<String> = ids.iter().take(20).map(i64::to_string).collect();
+    let more = count.saturating_sub(shown.len() as u64);
+    if more > 0 {
+        format!("{} and {more} more", shown.join(", "))
+    } else {
+        shown.join(", ")
+    }
+}
+
+/// Rounds of repair and verify until verify passes, or until a round fixes no more than
+/// the writers broke again meanwhile.
+const REPAIR_ROUNDS: usize = 5;
+
+async fn repair(db: &DatabaseConnection, options: &RunOptions) -> Result<(), String> {
+    let mut last_problems = u64::MAX;
+    for round in 1..=REPAIR_ROUNDS {
+        let bar = bar("repair");
+        let report = migrate::repair(db, plan(), options, |p: &Progress| {
+            bar.set_length(p.total);
+            bar.set_position(p.done);
+        })
+        .await
+        .map_err(db_err)?;
+        bar.finish_and_clear();
+        say!(
+            "Repair round {round}: re-sealed {} value(s) in {} row(s){}.",
+            report.repaired,
+            report.rows,
+            if report.skipped > 0 {
+                format!(
+                    "; {} changed by the application meanwhile, left for the next round",
+                    report.skipped
+                )
+            } else {
+                String::new()
+            }
+        );
+        if !report.finished {
+            return Err("repair stopped before the end of the table; run it again".into());
+        }
+        let check = migrate::verify(db, plan(), &RunOptions::default())
+            .await
+            .map_err(db_err)?;
+        if check.passed() {
+            say!(
+                "Verify: {} row(s) checked, every value matches.",
+                check.rows
+            );
+            say!("{}", next_step(db).await?);
+            return Ok(());
+        }
+        say!(
+            "Verify: {} row(s) still do not match (ids: {}).",
+            check.problem_rows,
+            ids(&check.problem_ids, check.problem_rows)
+        );
+        if check.problem_rows >= last_problems {
+            return Err(format!(
+                "repair is not converging: {} row(s) were written again without envelopes while it ran; some instance still writes plaintext only. Finish deploying the dual-writing code everywhere, then repair again",
+                check.problem_rows
+            ));
+        }
+        last_problems = check.problem_rows;
+    }
+    Err(format!(
+        "values still do not match after {REPAIR_ROUNDS} rounds of repair: writers keep changing them without envelopes; finish the rolling deploy, then repair again"
+    ))
+}
+
+async fn drop(db: &DatabaseConnection) -> Result<(), String> {
+    let manager = SchemaManager::new(db);
+    let report = migrate::schema::drop_plaintext_column(&manager, plan(), &[])
+        .await
+        .map_err(db_err)?;
+    for column in &report.dropped {
+        say!("Dropped {TABLE}.{column}: only its envelope remains.");
+    }
+    if !report.dropped.is_empty() {
+        say!(
+            "Checked {} row(s) under an exclusive lock first: no plaintext without its envelope.",
+            report.rows_checked
+        );
+    }
+    for column in &report.recorded {
+        say!("{TABLE}.{column} was already dropped by an interrupted run; recorded.");
+    }
+    if !report.already.is_empty() {
+        say!("Already dropped: {}.", report.already.join(", "));
+    }
+    // Dropping a column leaves its bytes in free pages; rewrite so they are gone.
+    let purged = migrate::purge(db, plan()).await.map_err(db_err)?;
+    if purged.is_empty() {
+        say!("{TABLE} was already purged; nothing to do.");
+    } else {
+        say!(
+            "Rewrote {TABLE} so the dropped plaintext is gone from the live database files (backups, replicas and WAL archives taken earlier still hold it)."
+        );
+    }
+    Ok(())
 }
 
 async fn status(db: &DatabaseConnection) -> Result<(), String> {
@@ -233,12 +439,13 @@ async fn status(db: &DatabaseConnection) -> Result<(), String> {
             .map_err(db_err)?;
         let phase = state.as_ref().map_or("not started", |s| s.phase.as_str());
         let remaining = match state.as_ref().map(|s| s.phase) {
-            Some(Phase::Dropped) => "-".to_string(),
+            Some(Phase::Dropped | Phase::Purged) => "-".to_string(),
             _ => count(db, Some((plain, enc))).await?.to_string(),
         };
         let sealed = state.map_or(0, |s| s.rows_done);
         say!("  {plain:<10} {phase:<12} {sealed:>10} {remaining:>10}");
     }
+    say!("  (remaining: plaintext without an envelope; `verify` also finds stale envelopes)");
     Ok(())
 }
 
@@ -281,7 +488,10 @@ async fn seed(db: &DatabaseConnection, rows: u32) -> Result<(), String> {
         let state = migrate::state::load(db, TABLE, plain)
             .await
             .map_err(db_err)?;
-        if state.as_ref().is_some_and(|s| s.phase == Phase::Dropped) {
+        if state
+            .as_ref()
+            .is_some_and(|s| matches!(s.phase, Phase::Dropped | Phase::Purged))
+        {
             return Err(format!(
                 "{TABLE}.{plain} was dropped: the legacy table is fully migrated"
             ));
