@@ -181,9 +181,14 @@ where
             break;
         }
         let mut ids = Vec::with_capacity(rows.len());
-        let mut enc_case = CaseStatement::new();
-        let mut index_cases: Vec<CaseStatement> =
-            spec.indexes.iter().map(|_| CaseStatement::new()).collect();
+        // Each CASE with the number of WHEN arms it got: a column whose CASE has none is left
+        // out of the UPDATE (`CASE ELSE .. END` is a syntax error on SQLite and PostgreSQL).
+        let (mut enc_case, mut enc_arms) = (CaseStatement::new(), 0usize);
+        let mut index_cases: Vec<(CaseStatement, usize)> = spec
+            .indexes
+            .iter()
+            .map(|_| (CaseStatement::new(), 0))
+            .collect();
         for row in &rows {
             let id = pk_of(row, table, pk)?;
             let envelope: Vec<u8> = row.try_get("", enc)?;
@@ -198,10 +203,11 @@ where
             if opened.key_id() != active {
                 let resealed = Encrypted::<T, C>::new_with(&keyring, opened.expose().clone())?;
                 enc_case = enc_case.case(guard(), Expr::val(resealed.envelope().to_vec()));
+                enc_arms += 1;
                 report.resealed += 1;
             }
             let mut reindexed = false;
-            for ((column, index), case) in spec.indexes.iter().zip(index_cases.iter_mut()) {
+            for ((column, index), (case, arms)) in spec.indexes.iter().zip(index_cases.iter_mut()) {
                 let stored: Option<Vec<u8>> = row.try_get("", column)?;
                 let current_version = stored
                     .as_ref()
@@ -212,6 +218,7 @@ where
                 }
                 let value = index.compute(&keyring, &[Some(opened.expose().index_input()?)])?;
                 *case = std::mem::take(case).case(guard(), Expr::val(value));
+                *arms += 1;
                 reindexed = true;
             }
             if reindexed {
@@ -227,12 +234,23 @@ where
         // Index columns first: MySQL evaluates single-table assignments left to right, so
         // after `enc = CASE ..` the index guards (`enc = <envelope read>`) would see the new
         // envelope, fail, and leave every resealed row's index on the old key.
-        for ((column, _), case) in spec.indexes.iter().zip(index_cases) {
-            update.value(a(column), case.finally(Expr::col(a(column))));
+        let mut assigned = 0usize;
+        for ((column, _), (case, arms)) in spec.indexes.iter().zip(index_cases) {
+            if arms > 0 {
+                update.value(a(column), case.finally(Expr::col(a(column))));
+                assigned += 1;
+            }
         }
-        update.value(a(enc), enc_case.finally(Expr::col(a(enc))));
+        if enc_arms > 0 {
+            update.value(a(enc), enc_case.finally(Expr::col(a(enc))));
+            assigned += 1;
+        }
         let txn = db.begin().await?;
-        txn.execute(&update).await?;
+        // No arm at all (every row of the batch already current): nothing to write, but the
+        // cursor still moves past the batch.
+        if assigned > 0 {
+            txn.execute(&update).await?;
+        }
         state::save_cursor(
             &txn,
             table,
