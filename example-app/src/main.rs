@@ -3,6 +3,7 @@
 mod cli;
 mod clinic;
 mod commands;
+mod connect;
 mod entities;
 mod fake;
 mod keys;

@@ -136,7 +136,7 @@ where
                     count: check.problem_rows,
                     ids: check.problem_ids.clone(),
                     problem: format!(
-                        "hold plaintext that no envelope carries ({} without envelope, {} whose \
+                        "hold plaintext that no envelope carries ({} value(s) without envelope, {} whose \
                          envelope disagrees), written since cut-over by an instance that does \
                          not write envelopes",
                         check.missing, check.mismatched

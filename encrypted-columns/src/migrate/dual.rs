@@ -3,12 +3,13 @@
 
 use sea_orm::ConnectionTrait;
 
+use super::Phase;
 use super::state;
 use crate::context::ColumnContext;
 use crate::error::{Error, Result};
 use crate::types::{Encrypted, Plaintext};
 
-/// How the application reads a column in the current phase ([`Phase::read_policy`](super::Phase::read_policy)).
+/// How the application reads a column in the current phase ([`ReadPolicy::of`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReadPolicy {
     /// Before dual writing: the plaintext column is the truth.
@@ -20,6 +21,17 @@ pub enum ReadPolicy {
 }
 
 impl ReadPolicy {
+    /// How the application reads a column in `phase`.
+    pub const fn of(phase: Phase) -> Self {
+        match phase {
+            Phase::Added => ReadPolicy::PlaintextOnly,
+            Phase::DualWrite | Phase::Backfilling | Phase::Backfilled | Phase::Verified => {
+                ReadPolicy::EncryptedFirst
+            }
+            Phase::CutOver | Phase::Dropped | Phase::Purged => ReadPolicy::EncryptedOnly,
+        }
+    }
+
     /// The policy for `table.column` from the state table (`PlaintextOnly` if no migration
     /// was started). Load it at start-up and when operators move the phase.
     pub async fn load<D: ConnectionTrait>(
@@ -29,7 +41,7 @@ impl ReadPolicy {
     ) -> std::result::Result<Self, sea_orm::DbErr> {
         Ok(state::load(db, table, column)
             .await?
-            .map_or(ReadPolicy::PlaintextOnly, |s| s.phase.read_policy()))
+            .map_or(ReadPolicy::PlaintextOnly, |s| ReadPolicy::of(s.phase)))
     }
 
     /// The value of a row, given both columns as read.

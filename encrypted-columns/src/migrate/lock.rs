@@ -20,7 +20,7 @@ use sea_orm::sea_query::{Expr, ExprTrait, Query};
 use sea_orm::{ConnectionTrait, DbBackend, DbErr, TransactionSession, TransactionTrait};
 
 use super::sql::a;
-use super::state::{self, LOG_TABLE, STATE_TABLE};
+use super::state::{LOG_TABLE, STATE_TABLE};
 
 /// How much of the table a locked section holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,7 +98,7 @@ where
             // A write first, so SQLite takes the write lock before the body reads anything.
             let touch = Query::update()
                 .table(a(STATE_TABLE))
-                .value(a("updated_at_ms"), state::now_ms())
+                .value(a("updated_at_ms"), super::sql::now_ms())
                 .and_where(Expr::col(a("table_name")).eq(table))
                 .to_owned();
             txn.execute(&touch).await?;

@@ -109,18 +109,6 @@ impl Phase {
             (_, Purged) => "the table can only be purged after the plaintext column is dropped",
         })
     }
-
-    /// How the application reads the column in this phase.
-    pub const fn read_policy(self) -> super::dual::ReadPolicy {
-        use super::dual::ReadPolicy;
-        match self {
-            Phase::Added => ReadPolicy::PlaintextOnly,
-            Phase::DualWrite | Phase::Backfilling | Phase::Backfilled | Phase::Verified => {
-                ReadPolicy::EncryptedFirst
-            }
-            Phase::CutOver | Phase::Dropped | Phase::Purged => ReadPolicy::EncryptedOnly,
-        }
-    }
 }
 
 impl fmt::Display for Phase {

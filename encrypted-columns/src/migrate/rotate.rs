@@ -306,7 +306,7 @@ async fn set_phase<D: ConnectionTrait>(
     let update = Query::update()
         .table(a(state::STATE_TABLE))
         .value(a("phase"), phase.as_str())
-        .value(a("updated_at_ms"), state::now_ms())
+        .value(a("updated_at_ms"), super::sql::now_ms())
         .and_where(Expr::col(a("table_name")).eq(table))
         .and_where(Expr::col(a("column_name")).eq(column))
         .and_where(Expr::col(a("kind")).eq("rotate"))

@@ -3,6 +3,7 @@
 
 use sea_orm::sea_query::{Alias, Expr, ExprTrait, Func, Query};
 use sea_orm::{ConnectionTrait, DbBackend, DbErr, QueryResult};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::error::Error;
 
@@ -103,4 +104,12 @@ async fn check_sqlite_columns<C: ConnectionTrait>(
             missing.join(", ")
         )))
     }
+}
+
+/// Milliseconds since the Unix epoch, as the state, work and claims tables store times.
+pub(crate) fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
 }

@@ -2,14 +2,13 @@
 //! `encrypted_columns_migrations`, plus an append-only log of transitions,
 //! `encrypted_columns_migration_log`. Both are created on first use.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use sea_orm::sea_query::{
     Alias, ColumnDef, Expr, ExprTrait, Index, OnConflict, Order, Query, Table,
 };
 use sea_orm::{ConnectionTrait, DbErr, QueryResult};
 
 use super::phase::Phase;
+use super::sql::now_ms;
 use crate::error::Error;
 
 /// Name of the state table.
@@ -52,13 +51,6 @@ pub struct MigrationState {
     pub target: Option<String>,
     /// Milliseconds since the Unix epoch of the last change.
     pub updated_at_ms: i64,
-}
-
-pub(crate) fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
 
 fn a(name: &str) -> Alias {
@@ -476,27 +468,36 @@ pub(crate) async fn move_columns<C: ConnectionTrait>(
     Ok(())
 }
 
-/// Adds sealed-cell counts to each column's `rows_done` (one statement per changed column).
+/// Adds sealed-value counts to each column's `rows_done`, in one statement (every worker's
+/// batch transaction ends with it, so it is kept short).
 pub(crate) async fn add_done<C: ConnectionTrait>(
     db: &C,
     table: &str,
     counts: &[(&str, u64)],
 ) -> Result<(), DbErr> {
-    for (column, n) in counts.iter().filter(|(_, n)| *n > 0) {
-        let update = Query::update()
-            .table(a(STATE_TABLE))
-            .value(
-                a("rows_done"),
-                Expr::col(a("rows_done")).add(i64::try_from(*n).unwrap_or(i64::MAX)),
-            )
-            .value(a("updated_at_ms"), now_ms())
-            .and_where(Expr::col(a("table_name")).eq(table))
-            .and_where(Expr::col(a("column_name")).eq(*column))
-            .and_where(Expr::col(a("kind")).eq(Kind::Encrypt.as_str()))
-            .to_owned();
-        db.execute(&update).await?;
+    let counts: Vec<&(&str, u64)> = counts.iter().filter(|(_, n)| *n > 0).collect();
+    if counts.is_empty() {
+        return Ok(());
     }
-    Ok(())
+    let mut add = sea_orm::sea_query::CaseStatement::new();
+    for (column, n) in &counts {
+        add = add.case(
+            Expr::col(a("column_name")).eq(*column),
+            i64::try_from(*n).unwrap_or(i64::MAX),
+        );
+    }
+    let update = Query::update()
+        .table(a(STATE_TABLE))
+        .value(
+            a("rows_done"),
+            Expr::col(a("rows_done")).add(add.finally(0i64)),
+        )
+        .value(a("updated_at_ms"), now_ms())
+        .and_where(Expr::col(a("table_name")).eq(table))
+        .and_where(Expr::col(a("kind")).eq(Kind::Encrypt.as_str()))
+        .and_where(Expr::col(a("column_name")).is_in(counts.iter().map(|(c, _)| *c)))
+        .to_owned();
+    db.execute(&update).await.map(|_| ())
 }
 
 /// The phase of each of `columns` (in order), refusing columns never started. Creates no

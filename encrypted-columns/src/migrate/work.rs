@@ -23,8 +23,7 @@ use sea_orm::sea_query::{
 use sea_orm::{ConnectionTrait, DbBackend, DbErr, TransactionSession, TransactionTrait};
 
 use super::retry::retrying;
-use super::sql::{a, pk_of};
-use super::state::now_ms;
+use super::sql::{a, now_ms, pk_of};
 
 /// Name of the job table.
 pub const WORK_TABLE: &str = "encrypted_columns_migration_work";

@@ -1,7 +1,7 @@
 //! `clinic demo`: a guided tour of every feature, printing what it does in plain words.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use chrono::NaiveDate;
 use encrypted_columns::blind_index::leakage_report;
@@ -11,13 +11,14 @@ use encrypted_columns::{KeyId, Keyring};
 use migration::{Migrator, MigratorTrait};
 use sea_orm::sea_query::{Expr, Query};
 use sea_orm::{
-    ColumnTrait, ConnectOptions, ConnectionTrait, Database, DatabaseConnection, EntityTrait,
-    PaginatorTrait, QueryFilter, QuerySelect, QueryTrait, TransactionTrait, Value,
+    ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, PaginatorTrait, QueryFilter,
+    QuerySelect, QueryTrait, TransactionTrait, Value,
 };
 
 use crate::clinic::{Clinic, NewPatient, data_key_id, db_err};
 use crate::commands::legacy::{self, Step};
 use crate::commands::records::{self, TranscriptFile};
+use crate::connect::connect;
 use crate::entities::audit_entry;
 use crate::entities::consent_record::Method;
 use crate::entities::patient::{self, Column};
@@ -246,40 +247,6 @@ async fn moved_ciphertext(clinic: &Clinic, id: i32) -> Result<(), String> {
         .map_err(db_err)?;
     say!("   (Its phone envelope is put back.)");
     Ok(())
-}
-
-/// Connects with a message that names the problem; never echoes a password.
-pub async fn connect(url: &str) -> Result<DatabaseConnection, String> {
-    let scheme = url.split_once(':').map(|(s, _)| s).unwrap_or("");
-    if !matches!(
-        scheme,
-        "sqlite" | "postgres" | "postgresql" | "mysql" | "mariadb"
-    ) {
-        return Err(format!(
-            "unsupported database URL scheme {scheme:?}: use sqlite://FILE?mode=rwc, \
-             postgres://USER@HOST/DB or mysql://USER@HOST/DB (--database-url or DATABASE_URL)"
-        ));
-    }
-    let mut options = ConnectOptions::new(url);
-    // sqlx statement logging would print bound values: envelopes only, but keep logs quiet.
-    options
-        .sqlx_logging(false)
-        .connect_timeout(Duration::from_secs(10))
-        .acquire_timeout(Duration::from_secs(10));
-    Database::connect(options).await.map_err(|e| {
-        format!(
-            "cannot connect to the {scheme} database at {}: {e} (is the server running, and \
-             are the URL's host, port, user and database right?)",
-            where_to(url)
-        )
-    })
-}
-
-/// The location part of a URL, without user name or password.
-fn where_to(url: &str) -> &str {
-    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
-    let rest = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
-    rest.split(['?', '#']).next().unwrap_or(rest)
 }
 
 /// Step 5: blind-index lookups and the unique e-mail constraint.
@@ -613,19 +580,4 @@ fn describe(raw: &[u8]) -> String {
         hex::encode(&raw[HEADER_LEN..HEADER_LEN + 6]),
         hex::encode(&raw[nonce_end..nonce_end + 6.min(raw.len() - nonce_end)]),
     )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::where_to;
-
-    #[test]
-    fn location_never_shows_credentials() {
-        assert_eq!(
-            where_to("postgres://u:secret@db:5432/app?x=1"),
-            "db:5432/app"
-        );
-        assert_eq!(where_to("sqlite://clinic.db?mode=rwc"), "clinic.db");
-        assert_eq!(where_to("mysql://root@127.0.0.1/test"), "127.0.0.1/test");
-    }
 }

@@ -2,7 +2,7 @@
 
 use migration::{Migrator, MigratorTrait};
 
-use crate::commands::demo::connect;
+use crate::connect::connect;
 use crate::output::say;
 
 /// Connects and applies pending migrations.

@@ -12,7 +12,7 @@ use sea_orm::{ActiveModelTrait, ActiveValue::Set, ConnectionTrait, DatabaseConne
 use sea_orm_migration::SchemaManager;
 
 use crate::clinic::{Clinic, db_err};
-use crate::commands::demo::connect;
+use crate::connect::connect;
 use crate::entities::legacy_patient::{self, ctx};
 use crate::keys;
 use crate::output::say;

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use encrypted_columns::keyring;
 
 use crate::clinic::Clinic;
-use crate::commands::demo::connect;
+use crate::connect::connect;
 
 /// Database used by every command but `demo` when no URL is given.
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://clinic.db?mode=rwc";
