@@ -171,7 +171,8 @@ pub enum Error {
     /// plaintext would silently bypass encryption, so the read fails instead.
     #[error(
         "{table}.{column}: the row has no encrypted value after cut-over; refusing to fall back \
-         to plaintext (re-run the backfill and verify)"
+         to plaintext (an instance that does not write envelopes wrote it: run the migration's \
+         repair, which seals it from the plaintext)"
     )]
     FallbackRefused {
         /// Physical table.

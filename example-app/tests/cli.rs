@@ -463,11 +463,17 @@ fn migrate_legacy_walks_every_phase_and_refuses_steps_out_of_order() {
     // An old instance, still writing plaintext only, changes a verified row: verify fails,
     // demotes, and cut-over is refused until repair and a passing verify.
     let db = dir.join("clinic.db");
-    sql(&db, "UPDATE legacy_patients SET email = 'moved-10@example.net' WHERE id = 10");
+    sql(
+        &db,
+        "UPDATE legacy_patients SET email = 'moved-10@example.net' WHERE id = 10",
+    );
     let out = run(&["migrate-legacy", "verify"]);
     assert_one_line_failure(&out, "run `clinic migrate-legacy repair`");
     let stdout = text(&out.stdout);
-    assert!(stdout.contains("1 row(s) do not match (ids: 10)"), "{stdout}");
+    assert!(
+        stdout.contains("1 row(s) do not match (ids: 10)"),
+        "{stdout}"
+    );
     assert!(ok(&["migrate-legacy", "status"]).contains("email      backfilled"));
     let out = run(&["migrate-legacy", "cutover"]);
     assert_one_line_failure(&out, "cut-over needs a passing verify");
@@ -492,16 +498,29 @@ fn migrate_legacy_walks_every_phase_and_refuses_steps_out_of_order() {
         "INSERT INTO legacy_patients (id, full_name, email) VALUES (5000, 'Late Writer', 'late@example.org')",
     );
     let out = run(&["migrate-legacy", "drop"]);
-    assert_one_line_failure(&out, "drop refused: 1 row(s) hold plaintext that no envelope carries");
-    assert!(text(&out.stderr).contains("(ids: 5000)"), "{}", text(&out.stderr));
+    assert_one_line_failure(
+        &out,
+        "drop refused: 1 row(s) hold plaintext that no envelope carries",
+    );
+    assert!(
+        text(&out.stderr).contains("(ids: 5000)"),
+        "{}",
+        text(&out.stderr)
+    );
     assert!(ok(&["migrate-legacy", "status"]).contains("email      cut_over"));
     assert_eq!(
-        sql_count(&db, "SELECT count(*) FROM legacy_patients WHERE email IS NOT NULL"),
+        sql_count(
+            &db,
+            "SELECT count(*) FROM legacy_patients WHERE email IS NOT NULL"
+        ),
         1208,
         "the plaintext columns are untouched by the refused drop"
     );
     let repair = ok(&["migrate-legacy", "repair"]);
-    assert!(repair.contains("re-sealed 2 value(s) in 1 row(s)"), "{repair}");
+    assert!(
+        repair.contains("re-sealed 2 value(s) in 1 row(s)"),
+        "{repair}"
+    );
     let dropped = ok(&["migrate-legacy", "drop"]);
     assert!(
         dropped.contains("Dropped legacy_patients.email")
@@ -511,7 +530,10 @@ fn migrate_legacy_walks_every_phase_and_refuses_steps_out_of_order() {
     assert!(ok(&["migrate-legacy", "status"]).contains("email      purged"));
     // Re-running finishes nothing twice and fails nothing.
     let again = ok(&["migrate-legacy", "drop"]);
-    assert!(again.contains("Already dropped: full_name, email, phone."), "{again}");
+    assert!(
+        again.contains("Already dropped: full_name, email, phone."),
+        "{again}"
+    );
     // The late row's values survived the drop: its envelopes open to them.
     let shown = ok(&["migrate-legacy", "status"]);
     assert!(shown.contains("legacy_patients: 1211 row(s)"), "{shown}");
@@ -541,7 +563,9 @@ fn sql(path: &std::path::Path, statement: &str) {
         .expect("runtime")
         .block_on(async {
             let db = Database::connect(&url).await.expect("opens clinic.db");
-            db.execute_unprepared(statement).await.expect("statement runs");
+            db.execute_unprepared(statement)
+                .await
+                .expect("statement runs");
             db.close().await.expect("closes");
         });
 }
@@ -556,7 +580,10 @@ fn sql_count(path: &std::path::Path, query: &str) -> i64 {
         .block_on(async {
             let db = Database::connect(&url).await.expect("opens clinic.db");
             let row = db
-                .query_one_raw(sea_orm::Statement::from_string(db.get_database_backend(), query))
+                .query_one_raw(sea_orm::Statement::from_string(
+                    db.get_database_backend(),
+                    query,
+                ))
                 .await
                 .expect("query runs")
                 .expect("one row");

@@ -37,7 +37,9 @@ pub struct BackfillReport {
     /// Whether the backfill is finished (by this worker or another): the columns are in
     /// phase `backfilled`. `false` when `max_batches` stopped this worker first.
     pub finished: bool,
-    /// When finished by this worker: values still without an envelope after its last pass.
+    /// When finished by this worker: rows that still had a value without an envelope after
+    /// its last pass (written plaintext-only behind the backfill; verify reports them and
+    /// repair seals them).
     pub remaining: u64,
     /// Values sealed by this worker, per column, in plan order.
     pub by_column: Vec<(String, u64)>,
@@ -156,15 +158,17 @@ where
             // Read inside the job's lock: the columns this run moved to `backfilling` (or
             // another worker's run did) finish together.
             let columns = plan.plaintext_columns();
-            let now = state::phases(txn, &table, &columns).await?;
-            let moves: Vec<(String, Phase)> = columns
-                .iter()
-                .zip(now)
-                .filter(|(_, p)| *p == Phase::Backfilling)
-                .map(|(c, p)| ((*c).to_owned(), p))
-                .collect();
             let note = format!("backfill finished; {remaining} row(s) still with unsealed values");
-            state::move_columns(txn, &table, &moves, Phase::Backfilled, None, Some(&note)).await
+            state::move_still_in(
+                txn,
+                &table,
+                &columns,
+                Phase::Backfilling,
+                Phase::Backfilled,
+                Some(&note),
+            )
+            .await
+            .map(|_| ())
         })
         .await?;
     report.sealed = tally.cells.iter().sum();
@@ -195,16 +199,15 @@ async fn start<D: ConnectionTrait + TransactionTrait>(
     retrying("start the backfill", async || {
         let txn = db.begin().await?;
         let columns = plan.plaintext_columns();
-        let phases = state::phases(&txn, &plan.table, &columns).await?;
-        let moves: Vec<(String, Phase)> = columns
-            .iter()
-            .zip(phases)
-            .filter(|(_, p)| *p == Phase::DualWrite)
-            .map(|(c, p)| ((*c).to_owned(), p))
-            .collect();
-        if !moves.is_empty() {
-            state::move_columns(&txn, &plan.table, &moves, Phase::Backfilling, None, None).await?;
-        }
+        state::move_still_in(
+            &txn,
+            &plan.table,
+            &columns,
+            Phase::DualWrite,
+            Phase::Backfilling,
+            None,
+        )
+        .await?;
         txn.commit().await
     })
     .await

@@ -1,9 +1,14 @@
-//! Writing one batch: every sealed cell of every row in one statement, each cell guarded.
+//! Writing one batch: every sealed cell of every row in one UPDATE, each cell guarded.
 //!
 //! PostgreSQL: `UPDATE t SET … FROM (VALUES …) AS v(…) WHERE t.pk = v.k`; SQLite: the same
-//! through a `WITH v(…) AS (VALUES …)`; MySQL/MariaDB: `UPDATE t JOIN (SELECT … UNION ALL
-//! SELECT …) v ON … SET …`. sea-query has no such statement, so the SQL is built here, with
-//! every identifier quoted and every value bound.
+//! through a `WITH v(…) AS (VALUES …)`. MySQL/MariaDB has no row constructor it types
+//! reliably: a derived table of `SELECT ? … UNION ALL SELECT ? …` takes its column types from
+//! the first row's parameters, and MariaDB 10.11 crashes (signal 11, in the temporary table's
+//! row copy) when a later row holds a longer value. So on MySQL the batch's rows are staged in
+//! a session-private temporary table created with the very column types of the migrated
+//! table (`CREATE TEMPORARY TABLE … SELECT … FROM t WHERE 1 = 0`), filled by one multi-row
+//! INSERT, and applied by one `UPDATE t JOIN staged v …`. sea-query has none of these
+//! statements, so the SQL is built here, with every identifier quoted and every value bound.
 //!
 //! The guard of a cell is the compare-and-set that makes the write safe under concurrent
 //! writers: the plaintext is still the one read (null-safe, byte for byte), and the envelope is
@@ -16,6 +21,9 @@ use sea_orm::{ConnectionTrait, DbBackend, DbErr, Statement, Value};
 
 use super::plan::{Cell, EncryptTable, nonce_of};
 use super::sql::{a, pk_of};
+
+/// The session-private table a MySQL batch is staged in.
+const MYSQL_STAGE: &str = "`encrypted_columns_batch`";
 
 /// Bound parameters per statement, below every backend's limit (SQLite's is 32,766).
 const MAX_PARAMS: usize = 30_000;
@@ -74,23 +82,25 @@ pub(crate) async fn write<D: ConnectionTrait>(
         .map(|&c| 4 + plan.columns[c].indexes().len())
         .sum::<usize>();
     let chunk = Ord::max(MAX_PARAMS / per_row, 1);
+    let backend = db.get_database_backend();
     for part in rows.chunks(chunk) {
-        let statement = statement(db.get_database_backend(), plan, &active, part);
-        db.execute_raw(statement).await?;
+        if backend == DbBackend::MySql {
+            stage_mysql(db, plan, &active, part).await?;
+        }
+        db.execute_raw(statement(backend, plan, &active, part))
+            .await?;
+    }
+    if backend == DbBackend::MySql {
+        db.execute_unprepared(&format!("DROP TEMPORARY TABLE IF EXISTS {MYSQL_STAGE}"))
+            .await?;
     }
     count(db, plan, &active, &rows, &mut written).await?;
     Ok(written)
 }
 
-fn statement(
-    backend: DbBackend,
-    plan: &EncryptTable,
-    active: &[usize],
-    rows: &[&RowCells],
-) -> Statement {
-    let q = |name: &str| quote(backend, name);
-    let t = q(&plan.table);
-    let col = |name: &str| format!("{t}.{}", q(name));
+/// The columns of the batch's value rows: key, then per active column its write flag,
+/// plaintext read, envelope nonce read, new envelope and new index values.
+fn value_names(plan: &EncryptTable, active: &[usize]) -> Vec<String> {
     let mut names = vec!["k".to_owned()];
     for &c in active {
         names.extend([
@@ -103,10 +113,19 @@ fn statement(
             names.push(format!("x{c}_{i}"));
         }
     }
-    let v = |name: &str| format!("v.{}", q(name));
+    names
+}
 
-    // Values, row by row, in `names` order.
-    let mut values: Vec<Value> = Vec::with_capacity(rows.len() * names.len());
+/// The values of `rows`, row by row, in [`value_names`] order. On MySQL a cell that is not
+/// written carries its plaintext as read anyway: the staging column copies the plaintext
+/// column's type, NOT NULL included.
+fn values(
+    backend: DbBackend,
+    plan: &EncryptTable,
+    active: &[usize],
+    rows: &[&RowCells],
+) -> Vec<Value> {
+    let mut values: Vec<Value> = Vec::new();
     for row in rows {
         values.push(row.id.into());
         for &c in active {
@@ -124,7 +143,11 @@ fn statement(
                 }
                 None => {
                     values.push(0i32.into());
-                    values.push(job.null_plain());
+                    values.push(if backend == DbBackend::MySql {
+                        cell.plain.clone()
+                    } else {
+                        job.null_plain()
+                    });
                     values.push(Option::<Vec<u8>>::None.into());
                     values.push(Option::<Vec<u8>>::None.into());
                     for _ in job.indexes() {
@@ -134,6 +157,77 @@ fn statement(
             }
         }
     }
+    values
+}
+
+/// MySQL: (re)creates the staging table with the migrated table's column types and fills it
+/// with `rows`.
+async fn stage_mysql<D: ConnectionTrait>(
+    db: &D,
+    plan: &EncryptTable,
+    active: &[usize],
+    rows: &[&RowCells],
+) -> Result<(), DbErr> {
+    let q = |name: &str| quote(DbBackend::MySql, name);
+    let t = q(&plan.table);
+    let col = |name: &str| format!("{t}.{}", q(name));
+    let mut select = vec![format!("{} AS {}", col(&plan.primary_key), q("k"))];
+    for &c in active {
+        let job = &plan.columns[c];
+        let enc = col(job.encrypted());
+        select.push(format!("0 AS {}", q(&format!("w{c}"))));
+        select.push(format!(
+            "{} AS {}",
+            col(job.plaintext()),
+            q(&format!("p{c}"))
+        ));
+        select.push(format!(
+            "SUBSTRING({enc}, {}, {}) AS {}",
+            1 + crate::envelope::HEADER_LEN,
+            crate::envelope::NONCE_LEN,
+            q(&format!("o{c}"))
+        ));
+        select.push(format!("{enc} AS {}", q(&format!("e{c}"))));
+        for (i, (index, _)) in job.indexes().iter().enumerate() {
+            select.push(format!("{} AS {}", col(index), q(&format!("x{c}_{i}"))));
+        }
+    }
+    db.execute_unprepared(&format!("DROP TEMPORARY TABLE IF EXISTS {MYSQL_STAGE}"))
+        .await?;
+    db.execute_unprepared(&format!(
+        "CREATE TEMPORARY TABLE {MYSQL_STAGE} SELECT {} FROM {t} WHERE 1 = 0",
+        select.join(", ")
+    ))
+    .await?;
+    let names = value_names(plan, active);
+    let row = format!("({})", vec!["?"; names.len()].join(", "));
+    let sql = format!(
+        "INSERT INTO {MYSQL_STAGE} ({}) VALUES {}",
+        names.iter().map(|n| q(n)).collect::<Vec<_>>().join(", "),
+        vec![row; rows.len()].join(", ")
+    );
+    db.execute_raw(Statement::from_sql_and_values(
+        DbBackend::MySql,
+        sql,
+        values(DbBackend::MySql, plan, active, rows),
+    ))
+    .await
+    .map(|_| ())
+}
+
+fn statement(
+    backend: DbBackend,
+    plan: &EncryptTable,
+    active: &[usize],
+    rows: &[&RowCells],
+) -> Statement {
+    let q = |name: &str| quote(backend, name);
+    let t = q(&plan.table);
+    let col = |name: &str| format!("{t}.{}", q(name));
+    let names = value_names(plan, active);
+    let v = |name: &str| format!("v.{}", q(name));
+
+    let values = values(backend, plan, active, rows);
 
     let null_safe_eq = |x: String, y: String| match backend {
         DbBackend::MySql => format!("{x} <=> {y}"),
@@ -158,8 +252,15 @@ fn statement(
             } else {
                 null_safe_eq(plain, v(&format!("p{c}")))
             };
+            // SQLite would build an automatic index on `v.w = 1` and scan the whole table
+            // once per batch; the unary `+` keeps it on the primary key lookup.
+            let plus = if backend == DbBackend::Sqlite {
+                "+"
+            } else {
+                ""
+            };
             format!(
-                "({w} = 1 AND {plain_eq} AND ({nonce_eq} OR {enc} = {e}))",
+                "({plus}{w} = 1 AND {plain_eq} AND ({nonce_eq} OR {enc} = {e}))",
                 w = v(&format!("w{c}")),
                 nonce_eq = null_safe_eq(
                     format!(
@@ -211,28 +312,13 @@ fn statement(
     };
     let sql = match backend {
         DbBackend::MySql => {
-            let selects: Vec<String> = rows
-                .iter()
-                .enumerate()
-                .map(|(i, _)| {
-                    let fields: Vec<String> = quoted_names
-                        .iter()
-                        .map(|n| {
-                            if i == 0 {
-                                format!("{} AS {n}", next())
-                            } else {
-                                next()
-                            }
-                        })
-                        .collect();
-                    format!("SELECT {}", fields.join(", "))
-                })
-                .collect();
-            format!(
-                "UPDATE {t} JOIN ({}) AS v ON {key_eq} SET {} WHERE {any_guard}",
-                selects.join(" UNION ALL "),
-                assignments.join(", ")
-            )
+            return Statement::from_string(
+                backend,
+                format!(
+                    "UPDATE {t} JOIN {MYSQL_STAGE} AS v ON {key_eq} SET {} WHERE {any_guard}",
+                    assignments.join(", ")
+                ),
+            );
         }
         _ => {
             let tuples: Vec<String> = rows

@@ -1,7 +1,7 @@
 //! Cut-over: reads become encrypted-only. Re-checks every row with writers held off, in the
 //! transaction that moves the phase, so no row that disagrees is cut over.
 
-use sea_orm::{ConnectionTrait, DbErr, TransactionSession, TransactionTrait};
+use sea_orm::{ConnectionTrait, DbErr, TransactionTrait};
 use tracing::{Instrument, info, info_span};
 
 use super::lock::{Hold, locked};
@@ -24,7 +24,7 @@ pub struct CutOverReport {
 }
 
 /// Moves every `verified` column of the plan to `cut_over`, together, after checking every
-/// row again with the table's writers held off (PostgreSQL `LOCK TABLE … IN SHARE MODE`,
+/// row again with the table's writers held off (PostgreSQL `LOCK TABLE … IN SHARE ROW EXCLUSIVE MODE`,
 /// MySQL `LOCK TABLES … READ`, SQLite's write lock) for the length of one verify pass; readers
 /// go on (on all three). If any value disagrees, nothing moves: the columns go back to
 /// `backfilled` and the call fails with [`Error::Refused`](crate::Error::Refused) naming the
@@ -60,6 +60,21 @@ where
         let moves = stage.in_phase(Phase::Verified);
         let not_cut_over = vec![false; acting.columns.len()];
         let check = locked(db, &acting.table, Hold::Writes, async |txn| {
+            // Still verified? A concurrent cut-over may have finished while this one waited.
+            let now = state::phases(txn, &acting.table, &acting.plaintext_columns()).await?;
+            if now
+                .iter()
+                .all(|p| matches!(p, Phase::CutOver | Phase::Dropped | Phase::Purged))
+            {
+                return Ok(None);
+            }
+            if now.iter().any(|p| *p != Phase::Verified) {
+                return Err(DbErr::Custom(format!(
+                    "{}: another process moved some of these columns while this cut-over \
+                     waited for its lock; run verify and cut-over again",
+                    acting.table
+                )));
+            }
             let check = check_rows(txn, &keyring, acting, &not_cut_over, batch, true).await?;
             if check.passed() {
                 let note = format!("re-checked {} row(s) under lock", check.rows);
@@ -73,22 +88,27 @@ where
                 )
                 .await?;
             }
-            Ok(check)
+            Ok(Some(check))
         })
         .await?;
+        let Some(check) = check else {
+            report
+                .already
+                .extend(acting.plaintext_columns().into_iter().map(str::to_owned));
+            return Ok(report);
+        };
         if !check.passed() {
             // The check is a verify that failed: demote, so cut-over waits for a passing one.
-            let txn = db.begin().await?;
-            state::move_columns(
-                &txn,
+            let columns: Vec<&str> = moves.iter().map(|(c, _)| c.as_str()).collect();
+            state::move_still_in(
+                db,
                 &acting.table,
-                &moves,
+                &columns,
+                Phase::Verified,
                 Phase::Backfilled,
-                Some(check.rows as i64),
                 Some("cut-over re-check failed"),
             )
             .await?;
-            txn.commit().await?;
             return Err(crate::Error::Refused {
                 table: acting.table.clone(),
                 step: "cut-over",

@@ -3,7 +3,7 @@
 //! re-run finishes what an interrupted one left.
 
 use sea_orm::sea_query::{Alias, Func, Index, Query, Table};
-use sea_orm::{ConnectionTrait, DbBackend, DbErr, Statement, TransactionSession, TransactionTrait};
+use sea_orm::{ConnectionTrait, DbBackend, DbErr, Statement, TransactionTrait};
 use tracing::{Instrument, info, info_span};
 
 use super::lock::{Hold, locked};
@@ -86,18 +86,16 @@ where
             }
         }
         if !gone.is_empty() {
-            let txn = db.begin().await?;
-            state::move_columns(
-                &txn,
+            let columns: Vec<&str> = gone.iter().map(|(c, _)| c.as_str()).collect();
+            report.recorded = state::move_still_in(
+                db,
                 &plan.table,
-                &gone,
+                &columns,
+                Phase::CutOver,
                 Phase::Dropped,
-                None,
                 Some("found already dropped by an interrupted drop"),
             )
             .await?;
-            txn.commit().await?;
-            report.recorded = gone.into_iter().map(|(c, _)| c).collect();
         }
         if present.columns.is_empty() {
             return Ok(report);
@@ -121,10 +119,14 @@ where
         let rows = locked(db, &present.table, Hold::Schema, async |txn| {
             // Still cut over? (Another drop may have finished while this one waited.)
             let now = state::phases(txn, &present.table, &present.plaintext_columns()).await?;
+            if now.iter().all(|p| matches!(p, Phase::Dropped | Phase::Purged)) {
+                // A concurrent drop finished first, while this one waited for the lock.
+                return Ok(None);
+            }
             if now.iter().any(|p| *p != Phase::CutOver) {
                 return Err(DbErr::Custom(format!(
-                    "{}: another process moved these columns while this drop waited for its \
-                     lock; run the drop again",
+                    "{}: another process moved some of these columns while this drop waited \
+                     for its lock; run the drop again",
                     present.table
                 )));
             }
@@ -189,9 +191,13 @@ where
                 Some("checked under lock and dropped"),
             )
             .await?;
-            Ok(check.rows)
+            Ok(Some(check.rows))
         })
         .await?;
+        let Some(rows) = rows else {
+            report.already.extend(present.plaintext_columns().into_iter().map(str::to_owned));
+            return Ok(report);
+        };
         report.rows_checked = rows;
         report.dropped = present
             .plaintext_columns()
@@ -233,17 +239,16 @@ where
     }
     rewrite_table(db, &plan.table).await?;
     let moves = stage.in_phase(Phase::Dropped);
-    let txn = db.begin().await?;
-    state::move_columns(
-        &txn,
+    let columns: Vec<&str> = moves.iter().map(|(c, _)| c.as_str()).collect();
+    state::move_still_in(
+        db,
         &plan.table,
-        &moves,
+        &columns,
+        Phase::Dropped,
         Phase::Purged,
-        None,
         Some("table rewritten"),
     )
     .await?;
-    txn.commit().await?;
     Ok(moves.into_iter().map(|(c, _)| c).collect())
 }
 

@@ -1,9 +1,8 @@
 //! Running a check and the step it guards with the table's writers held off, so that what
 //! was checked is still true when the step acts.
 //!
-//! * PostgreSQL: one transaction that starts with `LOCK TABLE … IN SHARE MODE` (cut-over) or
-//!   `SHARE ROW EXCLUSIVE MODE` (drop, which also excludes a second drop). Readers go on;
-//!   writers wait. DDL is transactional, so the drop commits with the phase change or not at
+//! * PostgreSQL: one transaction that starts with `LOCK TABLE … IN SHARE ROW EXCLUSIVE MODE`,
+//!   which excludes writers and a second cut-over or drop. Readers go on; writers wait. DDL is transactional, so the drop commits with the phase change or not at
 //!   all.
 //! * SQLite: one transaction whose first statement writes (to the state table), which takes
 //!   the database's write lock before anything is read.
@@ -52,10 +51,9 @@ where
     let txn = db.begin().await?;
     match backend {
         DbBackend::Postgres => {
-            let mode = match hold {
-                Hold::Writes => "SHARE",
-                Hold::Schema => "SHARE ROW EXCLUSIVE",
-            };
+            // Blocks writers and a second holder (the mode is self-conflicting); readers go
+            // on. The drop's ALTER TABLE then takes ACCESS EXCLUSIVE for its moment.
+            let mode = "SHARE ROW EXCLUSIVE";
             txn.execute_unprepared(&format!(
                 "LOCK TABLE {} IN {mode} MODE",
                 quote(backend, table)

@@ -159,7 +159,10 @@ pub struct RunOptions {
     pub max_batches: Option<u64>,
     /// How long a worker's claim on a chunk holds before another worker may take the chunk
     /// over (backfill and repair). Longer than any batch takes; it is also how long a
-    /// restarted run waits for the chunk a killed worker held. Default 30 s.
+    /// restarted run waits for the chunk a killed worker held. Each worker reads its own
+    /// clock: machines whose clocks disagree by a good part of the lease may take over each
+    /// other's live chunks, which only duplicates work (every write is guarded and counted
+    /// once). Default 30 s.
     pub lease: Duration,
 }
 
@@ -219,24 +222,32 @@ where
     )
     .await?;
     let moves = st.in_phase(Phase::Added);
-    if !moves.is_empty() {
-        let txn = db.begin().await?;
-        state::move_columns(&txn, &plan.table, &moves, Phase::DualWrite, None, None).await?;
-        txn.commit().await?;
-    }
-    Ok(moves.into_iter().map(|(c, _)| c).collect())
+    let columns: Vec<&str> = moves.iter().map(|(c, _)| c.as_str()).collect();
+    let txn = db.begin().await?;
+    let moved = state::move_still_in(
+        &txn,
+        &plan.table,
+        &columns,
+        Phase::Added,
+        Phase::DualWrite,
+        None,
+    )
+    .await?;
+    txn.commit().await?;
+    Ok(moved)
 }
 
-/// Progress of a running backfill or rotation, passed to the caller's callback after each
-/// committed batch.
+/// Progress of a running backfill, repair or rotation, passed to the caller's callback after
+/// each batch this worker committed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Progress {
-    /// Rows sealed (or resealed) by this run so far.
+    /// Rows this worker sealed (or resealed) something in so far.
     pub done: u64,
-    /// Rows the run found changed by the application and left alone.
+    /// Values this worker found changed by the application and left alone.
     pub skipped: u64,
-    /// Rows that needed work when the run started (an estimate: the application writes on).
+    /// Rows that needed work when the run started, for all workers together (an estimate:
+    /// the application writes on, and repair visits every row).
     pub total: u64,
-    /// The last primary key covered.
+    /// The last primary key of the batch just committed.
     pub cursor: i64,
 }

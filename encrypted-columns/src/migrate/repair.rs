@@ -143,18 +143,16 @@ where
             .filter(|(c, _)| report.by_column.iter().any(|(n, k)| n == c && *k > 0))
             .collect();
         if !demote.is_empty() {
-            let txn = db.begin().await?;
-            let note = "repair re-sealed values";
-            state::move_columns(
-                &txn,
+            let columns: Vec<&str> = demote.iter().map(|(c, _)| c.as_str()).collect();
+            state::move_still_in(
+                db,
                 &acting.table,
-                &demote,
+                &columns,
+                Phase::Verified,
                 Phase::Backfilled,
-                None,
-                Some(note),
+                Some("repair re-sealed values"),
             )
             .await?;
-            sea_orm::TransactionSession::commit(txn).await?;
         }
         info!(
             repaired = report.repaired,

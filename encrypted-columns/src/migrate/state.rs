@@ -468,6 +468,37 @@ pub(crate) async fn move_columns<C: ConnectionTrait>(
     Ok(())
 }
 
+/// Moves those of `columns` that are still in phase `from` to `to`, each with a
+/// compare-and-set, and returns the ones it moved. A column another process already moved
+/// is left alone without error: for moves that several workers may all try (two backfills
+/// starting, two repairs demoting), where the second finding the work done is normal.
+pub(crate) async fn move_still_in<C: ConnectionTrait>(
+    db: &C,
+    table: &str,
+    columns: &[&str],
+    from: Phase,
+    to: Phase,
+    note: Option<&str>,
+) -> Result<Vec<String>, DbErr> {
+    let mut moved = Vec::new();
+    for column in columns {
+        let update = Query::update()
+            .table(a(STATE_TABLE))
+            .value(a("phase"), to.as_str())
+            .value(a("updated_at_ms"), now_ms())
+            .and_where(Expr::col(a("table_name")).eq(table))
+            .and_where(Expr::col(a("column_name")).eq(*column))
+            .and_where(Expr::col(a("kind")).eq(Kind::Encrypt.as_str()))
+            .and_where(Expr::col(a("phase")).eq(from.as_str()))
+            .to_owned();
+        if db.execute(&update).await?.rows_affected() == 1 {
+            log(db, table, column, Kind::Encrypt, Some(from), to, None, note).await?;
+            moved.push((*column).to_owned());
+        }
+    }
+    Ok(moved)
+}
+
 /// Adds sealed-value counts to each column's `rows_done`, in one statement (every worker's
 /// batch transaction ends with it, so it is kept short).
 pub(crate) async fn add_done<C: ConnectionTrait>(

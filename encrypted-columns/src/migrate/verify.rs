@@ -3,7 +3,7 @@
 //! they act.
 
 use sea_orm::sea_query::{Expr, ExprTrait, Order, Query};
-use sea_orm::{ConnectionTrait, DbErr, TransactionSession, TransactionTrait};
+use sea_orm::{ConnectionTrait, DbErr, TransactionTrait};
 use tracing::{Instrument, info, info_span};
 
 use super::plan::{CellStatus, EncryptTable, Inspect};
@@ -142,17 +142,13 @@ where
                     report.missing, report.mismatched, report.index_mismatched
                 )
             };
-            let txn = db.begin().await?;
-            state::move_columns(
-                &txn,
-                &plan.table,
-                &moves.0,
-                moves.1,
-                Some(report.rows as i64),
-                Some(&note),
-            )
-            .await?;
-            txn.commit().await?;
+            let columns: Vec<&str> = moves.0.iter().map(|(c, _)| c.as_str()).collect();
+            let from = if report.passed() {
+                Phase::Backfilled
+            } else {
+                Phase::Verified
+            };
+            state::move_still_in(db, &plan.table, &columns, from, moves.1, Some(&note)).await?;
         }
         info!(
             rows = report.rows,
