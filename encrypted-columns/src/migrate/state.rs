@@ -356,18 +356,7 @@ pub(crate) async fn transition_kind<C: ConnectionTrait>(
         }
         .into());
     }
-    // Compare-and-set on the phase: two operators racing cannot both move it.
-    let update = Query::update()
-        .table(a(STATE_TABLE))
-        .value(a("phase"), to.as_str())
-        .value(a("updated_at_ms"), now_ms())
-        .and_where(Expr::col(a("table_name")).eq(table))
-        .and_where(Expr::col(a("column_name")).eq(column))
-        .and_where(Expr::col(a("kind")).eq(kind.as_str()))
-        .and_where(Expr::col(a("phase")).eq(current.phase.as_str()))
-        .to_owned();
-    let done = db.execute(&update).await?;
-    if done.rows_affected() != 1 && current.phase != to {
+    if !set_phase_if(db, table, column, kind, current.phase, to).await? && current.phase != to {
         return Err(DbErr::Custom(format!(
             "{table}.{column}: the migration phase changed while moving it to {to}; retry"
         )));
@@ -376,6 +365,28 @@ pub(crate) async fn transition_kind<C: ConnectionTrait>(
     load_kind(db, table, column, kind)
         .await?
         .ok_or_else(|| not_started(table, column))
+}
+
+/// Compare-and-set of one state row's phase: moves it to `to` only if it is in `from`.
+/// Returns whether it moved (two processes racing cannot both move it).
+async fn set_phase_if<C: ConnectionTrait>(
+    db: &C,
+    table: &str,
+    column: &str,
+    kind: Kind,
+    from: Phase,
+    to: Phase,
+) -> Result<bool, DbErr> {
+    let update = Query::update()
+        .table(a(STATE_TABLE))
+        .value(a("phase"), to.as_str())
+        .value(a("updated_at_ms"), now_ms())
+        .and_where(Expr::col(a("table_name")).eq(table))
+        .and_where(Expr::col(a("column_name")).eq(column))
+        .and_where(Expr::col(a("kind")).eq(kind.as_str()))
+        .and_where(Expr::col(a("phase")).eq(from.as_str()))
+        .to_owned();
+    Ok(db.execute(&update).await?.rows_affected() == 1)
 }
 
 /// Saves a batch's progress; call inside the batch's transaction.
@@ -438,16 +449,7 @@ pub(crate) async fn move_columns<C: ConnectionTrait>(
             }
             .into());
         }
-        let update = Query::update()
-            .table(a(STATE_TABLE))
-            .value(a("phase"), to.as_str())
-            .value(a("updated_at_ms"), now_ms())
-            .and_where(Expr::col(a("table_name")).eq(table))
-            .and_where(Expr::col(a("column_name")).eq(column.as_str()))
-            .and_where(Expr::col(a("kind")).eq(Kind::Encrypt.as_str()))
-            .and_where(Expr::col(a("phase")).eq(from.as_str()))
-            .to_owned();
-        if db.execute(&update).await?.rows_affected() != 1 {
+        if !set_phase_if(db, table, column, Kind::Encrypt, *from, to).await? {
             return Err(DbErr::Custom(format!(
                 "{table}.{column}: the migration phase changed while moving it from {from} to \
                  {to} (another process?); nothing was changed, run the step again"
@@ -482,16 +484,7 @@ pub(crate) async fn move_still_in<C: ConnectionTrait>(
 ) -> Result<Vec<String>, DbErr> {
     let mut moved = Vec::new();
     for column in columns {
-        let update = Query::update()
-            .table(a(STATE_TABLE))
-            .value(a("phase"), to.as_str())
-            .value(a("updated_at_ms"), now_ms())
-            .and_where(Expr::col(a("table_name")).eq(table))
-            .and_where(Expr::col(a("column_name")).eq(*column))
-            .and_where(Expr::col(a("kind")).eq(Kind::Encrypt.as_str()))
-            .and_where(Expr::col(a("phase")).eq(from.as_str()))
-            .to_owned();
-        if db.execute(&update).await?.rows_affected() == 1 {
+        if set_phase_if(db, table, column, Kind::Encrypt, from, to).await? {
             log(db, table, column, Kind::Encrypt, Some(from), to, None, note).await?;
             moved.push((*column).to_owned());
         }
