@@ -77,17 +77,23 @@ pub(crate) async fn write<D: ConnectionTrait>(
     if active.is_empty() || rows.is_empty() {
         return Ok(written);
     }
+    // Compare envelopes by nonce only where one was read (repair); a backfill writes only
+    // where there was none, which `IS NULL` checks without a parameter.
+    let cas = rows
+        .iter()
+        .flat_map(|r| &r.cells)
+        .any(|c| c.write.is_some() && c.old_nonce.is_some());
     let per_row = 1 + active
         .iter()
-        .map(|&c| 4 + plan.columns[c].indexes().len())
+        .map(|&c| 3 + usize::from(cas) + plan.columns[c].indexes().len())
         .sum::<usize>();
     let chunk = Ord::max(MAX_PARAMS / per_row, 1);
     let backend = db.get_database_backend();
     for part in rows.chunks(chunk) {
         if backend == DbBackend::MySql {
-            stage_mysql(db, plan, &active, part).await?;
+            stage_mysql(db, plan, &active, cas, part).await?;
         }
-        db.execute_raw(statement(backend, plan, &active, part))
+        db.execute_raw(statement(backend, plan, &active, cas, part))
             .await?;
     }
     if backend == DbBackend::MySql {
@@ -100,15 +106,14 @@ pub(crate) async fn write<D: ConnectionTrait>(
 
 /// The columns of the batch's value rows: key, then per active column its write flag,
 /// plaintext read, envelope nonce read, new envelope and new index values.
-fn value_names(plan: &EncryptTable, active: &[usize]) -> Vec<String> {
+fn value_names(plan: &EncryptTable, active: &[usize], cas: bool) -> Vec<String> {
     let mut names = vec!["k".to_owned()];
     for &c in active {
-        names.extend([
-            format!("w{c}"),
-            format!("p{c}"),
-            format!("o{c}"),
-            format!("e{c}"),
-        ]);
+        names.extend([format!("w{c}"), format!("p{c}")]);
+        if cas {
+            names.push(format!("o{c}"));
+        }
+        names.push(format!("e{c}"));
         for i in 0..plan.columns[c].indexes().len() {
             names.push(format!("x{c}_{i}"));
         }
@@ -123,6 +128,7 @@ fn values(
     backend: DbBackend,
     plan: &EncryptTable,
     active: &[usize],
+    cas: bool,
     rows: &[&RowCells],
 ) -> Vec<Value> {
     let mut values: Vec<Value> = Vec::new();
@@ -135,7 +141,9 @@ fn values(
                 Some(w) => {
                     values.push(1i32.into());
                     values.push(cell.plain.clone());
-                    values.push(cell.old_nonce.clone().into());
+                    if cas {
+                        values.push(cell.old_nonce.clone().into());
+                    }
                     values.push(w.envelope.clone().into());
                     for x in &w.indexes {
                         values.push(x.clone().into());
@@ -148,7 +156,9 @@ fn values(
                     } else {
                         job.null_plain()
                     });
-                    values.push(Option::<Vec<u8>>::None.into());
+                    if cas {
+                        values.push(Option::<Vec<u8>>::None.into());
+                    }
                     values.push(Option::<Vec<u8>>::None.into());
                     for _ in job.indexes() {
                         values.push(Option::<Vec<u8>>::None.into());
@@ -166,6 +176,7 @@ async fn stage_mysql<D: ConnectionTrait>(
     db: &D,
     plan: &EncryptTable,
     active: &[usize],
+    cas: bool,
     rows: &[&RowCells],
 ) -> Result<(), DbErr> {
     let q = |name: &str| quote(DbBackend::MySql, name);
@@ -181,12 +192,14 @@ async fn stage_mysql<D: ConnectionTrait>(
             col(job.plaintext()),
             q(&format!("p{c}"))
         ));
-        select.push(format!(
-            "SUBSTRING({enc}, {}, {}) AS {}",
-            1 + crate::envelope::HEADER_LEN,
-            crate::envelope::NONCE_LEN,
-            q(&format!("o{c}"))
-        ));
+        if cas {
+            select.push(format!(
+                "SUBSTRING({enc}, {}, {}) AS {}",
+                1 + crate::envelope::HEADER_LEN,
+                crate::envelope::NONCE_LEN,
+                q(&format!("o{c}"))
+            ));
+        }
         select.push(format!("{enc} AS {}", q(&format!("e{c}"))));
         for (i, (index, _)) in job.indexes().iter().enumerate() {
             select.push(format!("{} AS {}", col(index), q(&format!("x{c}_{i}"))));
@@ -199,7 +212,7 @@ async fn stage_mysql<D: ConnectionTrait>(
         select.join(", ")
     ))
     .await?;
-    let names = value_names(plan, active);
+    let names = value_names(plan, active, cas);
     let row = format!("({})", vec!["?"; names.len()].join(", "));
     let sql = format!(
         "INSERT INTO {MYSQL_STAGE} ({}) VALUES {}",
@@ -209,7 +222,7 @@ async fn stage_mysql<D: ConnectionTrait>(
     db.execute_raw(Statement::from_sql_and_values(
         DbBackend::MySql,
         sql,
-        values(DbBackend::MySql, plan, active, rows),
+        values(DbBackend::MySql, plan, active, cas, rows),
     ))
     .await
     .map(|_| ())
@@ -219,15 +232,16 @@ fn statement(
     backend: DbBackend,
     plan: &EncryptTable,
     active: &[usize],
+    cas: bool,
     rows: &[&RowCells],
 ) -> Statement {
     let q = |name: &str| quote(backend, name);
     let t = q(&plan.table);
     let col = |name: &str| format!("{t}.{}", q(name));
-    let names = value_names(plan, active);
+    let names = value_names(plan, active, cas);
     let v = |name: &str| format!("v.{}", q(name));
 
-    let values = values(backend, plan, active, rows);
+    let values = values(backend, plan, active, cas, rows);
 
     let null_safe_eq = |x: String, y: String| match backend {
         DbBackend::MySql => format!("{x} <=> {y}"),
@@ -262,14 +276,18 @@ fn statement(
             format!(
                 "({plus}{w} = 1 AND {plain_eq} AND ({nonce_eq} OR {enc} = {e}))",
                 w = v(&format!("w{c}")),
-                nonce_eq = null_safe_eq(
-                    format!(
-                        "{substr}({enc}, {}, {})",
-                        1 + crate::envelope::HEADER_LEN,
-                        crate::envelope::NONCE_LEN
-                    ),
-                    v(&format!("o{c}"))
-                ),
+                nonce_eq = if cas {
+                    null_safe_eq(
+                        format!(
+                            "{substr}({enc}, {}, {})",
+                            1 + crate::envelope::HEADER_LEN,
+                            crate::envelope::NONCE_LEN
+                        ),
+                        v(&format!("o{c}")),
+                    )
+                } else {
+                    format!("{enc} IS NULL")
+                },
                 e = v(&format!("e{c}")),
             )
         })
