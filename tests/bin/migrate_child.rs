@@ -1,6 +1,6 @@
 //! Runs one step of `encrypted_columns::migrate` in a process of its own and exits: the
-//! worker that tests/migrate.rs and tests/migrate_workers.rs start several of at once, or
-//! kill with SIGKILL at random moments.
+//! worker that the `migrate` test binary (tests/migrate/) starts several of at once, or kills
+//! with SIGKILL at random moments.
 //!
 //! ```text
 //! migrate_child --url <database URL> [--batch-size N] [--throttle-ms M] [--no-keyring]
@@ -8,11 +8,11 @@
 //!               [--lease-ms L] [--start-at-ms T]
 //! ```
 //!
-//! Without `--table` it backfills `mig_crash.email` → `email_enc` (+ `email_bidx`), which
-//! must match `crash` in tests/migrate.rs. With `--table NAME` the plan is the first
-//! `--columns` (default 3) of `email` (+ blind index `email_bidx`), `phone`, `notes` of table
-//! `NAME`, each sealed into `<column>_enc` under the column contexts of `mig_work` whatever
-//! the physical table is called; they must match tests/migrate_workers.rs.
+//! Without `--table` it backfills `mig_crash.email` → `email_enc` (+ `email_bidx`), for
+//! `crash` in tests/migrate/crash.rs. With `--table NAME` the plan is the first `--columns`
+//! (default 3) of `email` (+ blind index `email_bidx`), `phone`, `notes` of table `NAME`, each
+//! sealed into `<column>_enc` under the column contexts of `mig_work` whatever the physical
+//! table is called. Both plans are tests/migrate/plans.rs, which the test binary compiles too.
 //!
 //! `--step` (default `backfill`): `repair`; `drop` (drop the plaintext columns); `purge`;
 //! `finish` (drop, then purge). `--lease-ms` sets the claim lease of backfill and repair.
@@ -29,56 +29,16 @@
 
 use std::io::Write;
 use std::process::ExitCode;
-use std::sync::LazyLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use encrypted_columns::blind_index::{BlindIndex, Pipeline};
-use encrypted_columns::migrate::{self, EncryptColumn, EncryptTable, RunOptions};
-use encrypted_columns::{Keyring, column_context, keyring};
-use sea_orm::{ConnectOptions, Database, DatabaseConnection};
+use encrypted_columns::migrate::{self, EncryptTable, RunOptions};
+use encrypted_columns::{Keyring, keyring};
+use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbErr};
 
-column_context!(CrashEmail, table = "mig_crash", column = "email");
+#[path = "../migrate/plans.rs"]
+mod plans;
 
-static CRASH_BIDX: LazyLock<BlindIndex> = LazyLock::new(|| {
-    BlindIndex::new("mig_crash", "email_bidx")
-        .field(Pipeline::parse("email").expect("the `email` pipeline exists"))
-});
-
-// The multi-column plan of tests/migrate_workers.rs (contexts are logical names: the same
-// for every physical table the test creates).
-column_context!(WorkEmail, table = "mig_work", column = "email");
-column_context!(WorkPhone, table = "mig_work", column = "phone");
-column_context!(WorkNotes, table = "mig_work", column = "notes");
-
-static WORK_BIDX: LazyLock<BlindIndex> = LazyLock::new(|| {
-    BlindIndex::new("mig_work", "email_bidx")
-        .field(Pipeline::parse("email").expect("the `email` pipeline exists"))
-});
-
-/// The first `columns` (1..=3) columns of the work plan over physical table `table`.
-fn work_plan(table: &str, columns: usize) -> EncryptTable {
-    let mut plan = EncryptTable::new(table, "id").column(
-        EncryptColumn::<String, WorkEmail>::new(table, "id", "email", "email_enc")
-            .with_index("email_bidx", &WORK_BIDX),
-    );
-    if columns >= 2 {
-        plan = plan.column(EncryptColumn::<String, WorkPhone>::new(
-            table,
-            "id",
-            "phone",
-            "phone_enc",
-        ));
-    }
-    if columns >= 3 {
-        plan = plan.column(EncryptColumn::<String, WorkNotes>::new(
-            table,
-            "id",
-            "notes",
-            "notes_enc",
-        ));
-    }
-    plan
-}
+use plans::{crash_column, work_plan};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Step {
@@ -167,11 +127,17 @@ fn parse_args() -> Result<Args, String> {
     Ok(args)
 }
 
-/// Prints the marker a parent waits for before it times a kill.
-fn announce(step: &str) {
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "start step={step}");
-    let _ = out.flush();
+/// Prints the marker a parent waits for before it times a kill, then runs `step`.
+async fn announced<T>(
+    name: &str,
+    step: impl Future<Output = Result<T, DbErr>>,
+) -> Result<T, String> {
+    {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "start step={name}");
+        let _ = out.flush();
+    }
+    step.await.map_err(|e| e.to_string())
 }
 
 async fn run(args: Args) -> Result<String, String> {
@@ -184,10 +150,7 @@ async fn run(args: Args) -> Result<String, String> {
         .await
         .map_err(|e| format!("connecting: {e}"))?;
     let plan = match &args.table {
-        None => EncryptTable::from(
-            EncryptColumn::<String, CrashEmail>::new("mig_crash", "id", "email", "email_enc")
-                .with_index("email_bidx", &CRASH_BIDX),
-        ),
+        None => EncryptTable::from(crash_column()),
         Some(table) => work_plan(table, args.columns),
     };
     let mut options = RunOptions {
@@ -215,13 +178,9 @@ async fn step(
     options: &RunOptions,
     step: Step,
 ) -> Result<String, String> {
-    let err = |e: sea_orm::DbErr| e.to_string();
     match step {
         Step::Backfill => {
-            announce("backfill");
-            let r = migrate::backfill(db, plan, options, |_| {})
-                .await
-                .map_err(err)?;
+            let r = announced("backfill", migrate::backfill(db, plan, options, |_| {})).await?;
             Ok(format!(
                 "step=backfill finished={} sealed={} rows={} skipped={} batches={} \
                  taken_over={} remaining={} already_done={}",
@@ -236,10 +195,7 @@ async fn step(
             ))
         }
         Step::Repair => {
-            announce("repair");
-            let r = migrate::repair(db, plan, options, |_| {})
-                .await
-                .map_err(err)?;
+            let r = announced("repair", migrate::repair(db, plan, options, |_| {})).await?;
             Ok(format!(
                 "step=repair finished={} repaired={} rows={} skipped={} batches={}",
                 r.finished, r.repaired, r.rows, r.skipped, r.batches
@@ -255,10 +211,7 @@ async fn step(
                 }
             )];
             if step != Step::Purge {
-                announce("drop");
-                let r = migrate::drop_plaintext(db, plan, &[], options)
-                    .await
-                    .map_err(err)?;
+                let r = announced("drop", migrate::drop_plaintext(db, plan, &[], options)).await?;
                 parts.push(format!(
                     "dropped={} recorded={} already={} rows_checked={}",
                     r.dropped.len(),
@@ -268,8 +221,7 @@ async fn step(
                 ));
             }
             if step != Step::Drop {
-                announce("purge");
-                let purged = migrate::purge(db, plan).await.map_err(err)?;
+                let purged = announced("purge", migrate::purge(db, plan)).await?;
                 parts.push(format!("purged={}", purged.len()));
             }
             Ok(parts.join(" "))

@@ -5,7 +5,7 @@
 use sea_orm::sea_query::{
     Alias, ColumnDef, Expr, ExprTrait, Index, OnConflict, Order, Query, Table,
 };
-use sea_orm::{ConnectionTrait, DbErr, QueryResult};
+use sea_orm::{ConnectionTrait, DbErr, QueryResult, TransactionSession, TransactionTrait};
 
 use super::phase::Phase;
 use super::sql::now_ms;
@@ -474,7 +474,7 @@ pub(crate) async fn move_columns<C: ConnectionTrait>(
 /// compare-and-set, and returns the ones it moved. A column another process already moved
 /// is left alone without error: for moves that several workers may all try (two backfills
 /// starting, two repairs demoting), where the second finding the work done is normal.
-pub(crate) async fn move_still_in<C: ConnectionTrait>(
+pub(crate) async fn move_still_in<C: ConnectionTrait + TransactionTrait>(
     db: &C,
     table: &str,
     columns: &[&str],
@@ -482,13 +482,27 @@ pub(crate) async fn move_still_in<C: ConnectionTrait>(
     to: Phase,
     note: Option<&str>,
 ) -> Result<Vec<String>, DbErr> {
+    // One transaction (a savepoint inside the caller's): a crash between two columns must not
+    // leave a table's columns in different phases.
+    let txn = db.begin().await?;
     let mut moved = Vec::new();
     for column in columns {
-        if set_phase_if(db, table, column, Kind::Encrypt, from, to).await? {
-            log(db, table, column, Kind::Encrypt, Some(from), to, None, note).await?;
+        if set_phase_if(&txn, table, column, Kind::Encrypt, from, to).await? {
+            log(
+                &txn,
+                table,
+                column,
+                Kind::Encrypt,
+                Some(from),
+                to,
+                None,
+                note,
+            )
+            .await?;
             moved.push((*column).to_owned());
         }
     }
+    txn.commit().await?;
     Ok(moved)
 }
 
