@@ -238,7 +238,7 @@ pub enum Error {
 }
 
 /// Lists at most 20 ids, and says how many more there are.
-fn list_ids(ids: &[i64], count: u64) -> String {
+pub(crate) fn list_ids(ids: &[i64], count: u64) -> String {
     let shown: Vec<String> = ids.iter().take(20).map(i64::to_string).collect();
     let more = count.saturating_sub(shown.len() as u64);
     if more > 0 {

@@ -2,7 +2,7 @@
 //! in one pass, by any number of cooperating workers.
 
 use sea_orm::sea_query::{Condition, Expr, ExprTrait};
-use sea_orm::{ConnectionTrait, DbErr, TransactionSession, TransactionTrait};
+use sea_orm::{ConnectionTrait, DbErr, TransactionTrait};
 use tracing::{Instrument, info, info_span};
 
 use super::plan::{EncryptTable, Inspect};
@@ -10,7 +10,6 @@ use super::precheck::unique_duplicates;
 use super::retry::retrying;
 use super::sql::{a, check_columns};
 use super::stage::stage;
-use super::work::{Job, owner_name};
 use super::worker::Worker;
 use super::{Phase, Progress, RunOptions, state};
 use crate::keyring;
@@ -102,9 +101,7 @@ where
     let batch_size = options.checked_batch()?;
     let keyring = keyring::current()?;
     plan.check()?;
-    if plan.has_indexes() && keyring.active_blind_index_key_id().is_none() {
-        return Err(crate::Error::NoBlindIndexKey.into());
-    }
+    plan.check_keys(&keyring)?;
     let stage = stage(
         db,
         plan,
@@ -130,28 +127,18 @@ where
         return Ok(report);
     }
     check_columns(db, &plan.table, &plan.physical_columns()).await?;
-    report.by_column = plan
-        .plaintext_columns()
-        .into_iter()
-        .map(|c| (c.to_owned(), 0))
-        .collect();
     // Before any write: values that would collide under a UNIQUE blind index.
     unique_duplicates(db, &keyring, plan, batch_size).await?;
     start(db, plan).await?;
 
-    let worker = Worker {
+    let worker = Worker::new(
         plan,
-        job: Job {
-            table: plan.table.clone(),
-            job: "backfill",
-            owner: owner_name(),
-            lease: options.lease,
-            columns: plan.plaintext_columns().join(","),
-        },
-        needs: unsealed(plan),
-        how: vec![Inspect::Backfill; plan.columns.len()],
-        max_passes: MAX_PASSES,
-    };
+        "backfill",
+        options,
+        unsealed(plan),
+        vec![Inspect::Backfill; plan.columns.len()],
+        MAX_PASSES,
+    );
     let table = plan.table.clone();
     let tally = worker
         .run(db, &keyring, options, progress, async |txn, remaining| {
@@ -178,9 +165,7 @@ where
     report.taken_over = tally.taken_over;
     report.finished = tally.finished;
     report.remaining = tally.remaining.unwrap_or(0);
-    for (slot, n) in report.by_column.iter_mut().zip(&tally.cells) {
-        slot.1 = *n;
-    }
+    report.by_column = tally.by_column(plan);
     info!(
         sealed = report.sealed,
         skipped = report.skipped,
@@ -196,19 +181,18 @@ async fn start<D: ConnectionTrait + TransactionTrait>(
     db: &D,
     plan: &EncryptTable,
 ) -> Result<(), DbErr> {
+    let columns = plan.plaintext_columns();
     retrying("start the backfill", async || {
-        let txn = db.begin().await?;
-        let columns = plan.plaintext_columns();
         state::move_still_in(
-            &txn,
+            db,
             &plan.table,
             &columns,
             Phase::DualWrite,
             Phase::Backfilling,
             None,
         )
-        .await?;
-        txn.commit().await
+        .await
+        .map(|_| ())
     })
     .await
 }

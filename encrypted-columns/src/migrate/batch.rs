@@ -104,6 +104,16 @@ pub(crate) async fn write<D: ConnectionTrait>(
     Ok(written)
 }
 
+/// The nonce of the envelope in column `enc`, in SQL (`substr` on all three backends):
+/// the fingerprint the write guard compares, as [`nonce_of`] takes it in Rust.
+fn nonce_sql(enc: &str) -> String {
+    format!(
+        "substr({enc}, {}, {})",
+        1 + crate::envelope::HEADER_LEN,
+        crate::envelope::NONCE_LEN
+    )
+}
+
 /// The columns of the batch's value rows: key, then per active column its write flag,
 /// plaintext read, envelope nonce read, new envelope and new index values.
 fn value_names(plan: &EncryptTable, active: &[usize], cas: bool) -> Vec<String> {
@@ -193,12 +203,7 @@ async fn stage_mysql<D: ConnectionTrait>(
             q(&format!("p{c}"))
         ));
         if cas {
-            select.push(format!(
-                "SUBSTRING({enc}, {}, {}) AS {}",
-                1 + crate::envelope::HEADER_LEN,
-                crate::envelope::NONCE_LEN,
-                q(&format!("o{c}"))
-            ));
+            select.push(format!("{} AS {}", nonce_sql(&enc), q(&format!("o{c}"))));
         }
         select.push(format!("{enc} AS {}", q(&format!("e{c}"))));
         for (i, (index, _)) in job.indexes().iter().enumerate() {
@@ -248,10 +253,6 @@ fn statement(
         DbBackend::Postgres => format!("{x} IS NOT DISTINCT FROM {y}"),
         _ => format!("{x} IS {y}"),
     };
-    let substr = match backend {
-        DbBackend::MySql => "SUBSTRING",
-        _ => "substr",
-    };
     // The guard of each active column.
     let guards: Vec<String> = active
         .iter()
@@ -277,14 +278,7 @@ fn statement(
                 "({plus}{w} = 1 AND {plain_eq} AND ({nonce_eq} OR {enc} = {e}))",
                 w = v(&format!("w{c}")),
                 nonce_eq = if cas {
-                    null_safe_eq(
-                        format!(
-                            "{substr}({enc}, {}, {})",
-                            1 + crate::envelope::HEADER_LEN,
-                            crate::envelope::NONCE_LEN
-                        ),
-                        v(&format!("o{c}")),
-                    )
+                    null_safe_eq(nonce_sql(&enc), v(&format!("o{c}")))
                 } else {
                     format!("{enc} IS NULL")
                 },

@@ -54,7 +54,7 @@ use std::marker::PhantomData;
 use std::time::Duration;
 
 use sea_orm::sea_query::Nullable;
-use sea_orm::{ConnectionTrait, DbErr, TransactionSession, TransactionTrait, TryGetable, Value};
+use sea_orm::{ConnectionTrait, DbErr, TransactionTrait, TryGetable, Value};
 
 use crate::blind_index::{BlindIndex, IndexArg};
 use crate::context::ColumnContext;
@@ -223,18 +223,15 @@ where
     .await?;
     let moves = st.in_phase(Phase::Added);
     let columns: Vec<&str> = moves.iter().map(|(c, _)| c.as_str()).collect();
-    let txn = db.begin().await?;
-    let moved = state::move_still_in(
-        &txn,
+    state::move_still_in(
+        db,
         &plan.table,
         &columns,
         Phase::Added,
         Phase::DualWrite,
         None,
     )
-    .await?;
-    txn.commit().await?;
-    Ok(moved)
+    .await
 }
 
 /// Progress of a running backfill, repair or rotation, passed to the caller's callback after

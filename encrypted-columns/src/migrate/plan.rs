@@ -133,9 +133,14 @@ impl EncryptTable {
         .into())
     }
 
-    /// Whether any column fills a blind index (the keyring then needs a blind-index key).
-    pub(crate) fn has_indexes(&self) -> bool {
-        self.columns.iter().any(|c| !c.indexes().is_empty())
+    /// Refuses a keyring that cannot seal this plan: one without a blind-index key when a
+    /// column fills a blind index.
+    pub(crate) fn check_keys(&self, keyring: &Keyring) -> Result<(), DbErr> {
+        let has_indexes = self.columns.iter().any(|c| !c.indexes().is_empty());
+        if has_indexes && keyring.active_blind_index_key_id().is_none() {
+            return Err(crate::Error::NoBlindIndexKey.into());
+        }
+        Ok(())
     }
 }
 

@@ -7,11 +7,10 @@
 
 use std::collections::HashMap;
 
-use sea_orm::sea_query::{Expr, ExprTrait, Order, Query};
 use sea_orm::{ConnectionTrait, DbErr};
 
 use super::plan::EncryptTable;
-use super::sql::{a, pk_of};
+use super::sql::scan;
 use super::verify::MAX_LISTED_IDS;
 use crate::keyring::Keyring;
 
@@ -33,37 +32,22 @@ pub(crate) async fn unique_duplicates<C: ConnectionTrait>(
             continue;
         }
         let mut seen: Vec<HashMap<Vec<u8>, Vec<i64>>> = vec![HashMap::new(); unique.len()];
-        let mut cursor = i64::MIN;
-        loop {
-            let mut select = Query::select();
-            select.column(a(pk)).column(a(job.plaintext()));
-            for &i in &unique {
-                select.column(a(&job.indexes()[i].0));
-            }
-            select
-                .from(a(table))
-                .and_where(Expr::col(a(pk)).gt(cursor))
-                .order_by(a(pk), Order::Asc)
-                .limit(batch);
-            let rows = db.query_all(&select).await?;
-            if rows.is_empty() {
-                break;
-            }
-            for row in &rows {
-                let id = pk_of(row, table, pk)?;
-                cursor = id;
-                let computed = job.index_values(keyring, row)?;
-                for (slot, &i) in unique.iter().enumerate() {
-                    let value = match computed[i].clone() {
-                        Some(v) => Some(v),
-                        None => row.try_get::<Option<Vec<u8>>>("", &job.indexes()[i].0)?,
-                    };
-                    if let Some(value) = value {
-                        seen[slot].entry(value).or_default().push(id);
-                    }
+        let mut columns = vec![job.plaintext()];
+        columns.extend(unique.iter().map(|&i| job.indexes()[i].0.as_str()));
+        scan(db, table, pk, &columns, batch, |id, row| {
+            let computed = job.index_values(keyring, row)?;
+            for (slot, &i) in unique.iter().enumerate() {
+                let value = match computed[i].clone() {
+                    Some(v) => Some(v),
+                    None => row.try_get::<Option<Vec<u8>>>("", &job.indexes()[i].0)?,
+                };
+                if let Some(value) = value {
+                    seen[slot].entry(value).or_default().push(id);
                 }
             }
-        }
+            Ok(())
+        })
+        .await?;
         for (slot, &i) in unique.iter().enumerate() {
             let mut groups: Vec<Vec<i64>> = seen[slot]
                 .drain()

@@ -18,7 +18,6 @@ use tracing::{Instrument, info, info_span};
 use super::plan::{EncryptTable, Inspect};
 use super::sql::check_columns;
 use super::stage::stage;
-use super::work::{Job, owner_name};
 use super::worker::Worker;
 use super::{Phase, Progress, RunOptions, state};
 use crate::keyring;
@@ -65,9 +64,7 @@ where
     async move {
         let keyring = keyring::current()?;
         plan.check()?;
-        if plan.has_indexes() && keyring.active_blind_index_key_id().is_none() {
-            return Err(crate::Error::NoBlindIndexKey.into());
-        }
+        plan.check_keys(&keyring)?;
         let stage = stage(
             db,
             &plan,
@@ -102,26 +99,15 @@ where
             return Ok(report);
         }
         check_columns(db, &acting.table, &acting.physical_columns()).await?;
-        let worker = Worker {
-            plan: acting,
-            job: Job {
-                table: acting.table.clone(),
-                job: "repair",
-                owner: owner_name(),
-                lease: options.lease,
-                columns: acting.plaintext_columns().join(","),
-            },
-            needs: Condition::all(),
-            how: stage
-                .phases
-                .iter()
-                .map(|p| Inspect::Check {
-                    cut_over: *p == Phase::CutOver,
-                    repair: true,
-                })
-                .collect(),
-            max_passes: 1,
-        };
+        let how = stage
+            .phases
+            .iter()
+            .map(|p| Inspect::Check {
+                cut_over: *p == Phase::CutOver,
+                repair: true,
+            })
+            .collect();
+        let worker = Worker::new(acting, "repair", options, Condition::all(), how, 1);
         let tally = worker
             .run(db, &keyring, options, &mut progress, async |_, _| Ok(()))
             .await?;
@@ -130,12 +116,7 @@ where
         report.rows = tally.rows;
         report.batches = tally.batches;
         report.finished = tally.finished;
-        report.by_column = acting
-            .plaintext_columns()
-            .into_iter()
-            .map(str::to_owned)
-            .zip(tally.cells.iter().copied())
-            .collect();
+        report.by_column = tally.by_column(acting);
         // A verified column that needed repair was not verified: cut-over waits for verify.
         let demote: Vec<(String, Phase)> = stage
             .in_phase(Phase::Verified)

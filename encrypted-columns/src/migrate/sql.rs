@@ -1,7 +1,7 @@
 //! SQL pieces shared by backfill, verify and rotation: portable across SQLite, PostgreSQL and
 //! MySQL/MariaDB, built with sea-query (values are always bound, never spliced).
 
-use sea_orm::sea_query::{Alias, Expr, ExprTrait, Func, Query};
+use sea_orm::sea_query::{Alias, Expr, ExprTrait, Func, Order, Query};
 use sea_orm::{ConnectionTrait, DbBackend, DbErr, QueryResult};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -112,4 +112,35 @@ pub(crate) fn now_ms() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
         .unwrap_or(0)
+}
+
+/// Reads every row of `table` in primary-key order, `batch` rows per query (keyset
+/// pagination on the integer key `pk`), and hands each row and its key to `each`.
+pub(crate) async fn scan<C: ConnectionTrait>(
+    db: &C,
+    table: &str,
+    pk: &str,
+    columns: &[&str],
+    batch: u64,
+    mut each: impl FnMut(i64, &QueryResult) -> Result<(), DbErr>,
+) -> Result<(), DbErr> {
+    let mut cursor = i64::MIN;
+    loop {
+        let select = Query::select()
+            .column(a(pk))
+            .columns(columns.iter().map(|c| a(c)))
+            .from(a(table))
+            .and_where(Expr::col(a(pk)).gt(cursor))
+            .order_by(a(pk), Order::Asc)
+            .limit(batch)
+            .to_owned();
+        let rows = db.query_all(&select).await?;
+        if rows.is_empty() {
+            return Ok(());
+        }
+        for row in &rows {
+            cursor = pk_of(row, table, pk)?;
+            each(cursor, row)?;
+        }
+    }
 }

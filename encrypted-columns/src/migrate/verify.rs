@@ -2,12 +2,11 @@
 //! The same check, run with writers blocked, is what cut-over and drop re-check at the moment
 //! they act.
 
-use sea_orm::sea_query::{Expr, ExprTrait, Order, Query};
 use sea_orm::{ConnectionTrait, DbErr, TransactionTrait};
 use tracing::{Instrument, info, info_span};
 
 use super::plan::{CellStatus, EncryptTable, Inspect};
-use super::sql::{a, check_columns, pk_of};
+use super::sql::{check_columns, scan};
 use super::stage::stage;
 use super::{Phase, RunOptions, state};
 use crate::keyring::{self, Keyring};
@@ -78,6 +77,18 @@ impl VerifyReport {
     /// Whether every checked value checked out.
     pub fn passed(&self) -> bool {
         self.missing == 0 && self.mismatched == 0 && self.index_mismatched == 0
+    }
+
+    /// The first 20 problem ids and how many more there are, as the crate's errors list
+    /// them.
+    ///
+    /// ```
+    /// # use encrypted_columns::migrate::VerifyReport;
+    /// let report = VerifyReport { problem_rows: 25, problem_ids: (1..=25).collect(), ..Default::default() };
+    /// assert!(report.listed_ids().ends_with("20 and 5 more"));
+    /// ```
+    pub fn listed_ids(&self) -> String {
+        crate::error::list_ids(&self.problem_ids, self.problem_rows)
     }
 }
 
@@ -187,51 +198,38 @@ pub(crate) async fn check_rows<C: ConnectionTrait>(
             .collect(),
         ..VerifyReport::default()
     };
-    let mut cursor = i64::MIN;
-    loop {
-        let select = Query::select()
-            .columns(columns.iter().map(|c| a(c)))
-            .from(a(table))
-            .and_where(Expr::col(a(pk)).gt(cursor))
-            .order_by(a(pk), Order::Asc)
-            .limit(batch)
-            .to_owned();
-        let rows = db.query_all(&select).await?;
-        if rows.is_empty() {
-            break;
-        }
-        for row in &rows {
-            let id = pk_of(row, table, pk)?;
-            cursor = id;
-            report.rows += 1;
-            let mut problem = false;
-            for ((job, out), cut) in plan.columns.iter().zip(&mut report.columns).zip(cut_over) {
-                let how = Inspect::Check {
-                    cut_over: *cut,
-                    repair: false,
-                };
-                let cell = job.inspect(keyring, row, how)?;
-                match cell.status {
-                    CellStatus::BothNull => out.both_null += 1,
-                    CellStatus::Missing => out.missing += 1,
-                    CellStatus::Matching => out.matching += 1,
-                    CellStatus::Mismatched | CellStatus::Orphan => out.mismatched += 1,
-                    CellStatus::EncryptedOnly => out.encrypted_only += 1,
-                    CellStatus::Unchecked => {}
-                }
-                if !cell.index_ok {
-                    out.index_mismatched += 1;
-                }
-                problem |= cell.status.is_problem() || (indexes_count && !cell.index_ok);
+    // `physical_columns` starts with the key, which the scan reads itself.
+    scan(db, table, pk, &columns[1..], batch, |id, row| {
+        report.rows += 1;
+        let mut problem = false;
+        for ((job, out), cut) in plan.columns.iter().zip(&mut report.columns).zip(cut_over) {
+            let how = Inspect::Check {
+                cut_over: *cut,
+                repair: false,
+            };
+            let cell = job.inspect(keyring, row, how)?;
+            match cell.status {
+                CellStatus::BothNull => out.both_null += 1,
+                CellStatus::Missing => out.missing += 1,
+                CellStatus::Matching => out.matching += 1,
+                CellStatus::Mismatched | CellStatus::Orphan => out.mismatched += 1,
+                CellStatus::EncryptedOnly => out.encrypted_only += 1,
+                CellStatus::Unchecked => {}
             }
-            if problem {
-                report.problem_rows += 1;
-                if report.problem_ids.len() < MAX_LISTED_IDS {
-                    report.problem_ids.push(id);
-                }
+            if !cell.index_ok {
+                out.index_mismatched += 1;
+            }
+            problem |= cell.status.is_problem() || (indexes_count && !cell.index_ok);
+        }
+        if problem {
+            report.problem_rows += 1;
+            if report.problem_ids.len() < MAX_LISTED_IDS {
+                report.problem_ids.push(id);
             }
         }
-    }
+        Ok(())
+    })
+    .await?;
     for c in &report.columns {
         report.matching += c.matching;
         report.both_null += c.both_null;

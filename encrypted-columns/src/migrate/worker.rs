@@ -11,7 +11,7 @@ use super::plan::{EncryptTable, Inspect};
 use super::precheck::unique_duplicates;
 use super::retry::retrying;
 use super::sql::{a, pk_of};
-use super::work::{Claim, Job, Next};
+use super::work::{Claim, Job, Next, owner_name};
 use super::{Progress, RunOptions, state};
 use crate::keyring::Keyring;
 
@@ -43,7 +43,32 @@ pub(crate) struct Tally {
     pub remaining: Option<u64>,
 }
 
-impl Worker<'_> {
+impl<'a> Worker<'a> {
+    /// A worker of job `job` (`backfill`, `repair`) over `plan`, visiting the rows that match
+    /// `needs` and judging each column's cells as `how` says.
+    pub fn new(
+        plan: &'a EncryptTable,
+        job: &'static str,
+        options: &RunOptions,
+        needs: Condition,
+        how: Vec<Inspect>,
+        max_passes: u32,
+    ) -> Self {
+        Worker {
+            plan,
+            job: Job {
+                table: plan.table.clone(),
+                job,
+                owner: owner_name(),
+                lease: options.lease,
+                columns: plan.plaintext_columns().join(","),
+            },
+            needs,
+            how,
+            max_passes,
+        }
+    }
+
     /// Runs until the job is finished or `max_batches` chunks are done. `finish` runs in
     /// the transaction that marks the job finished, with the rows still matching `needs`.
     pub async fn run<D, F>(
@@ -187,6 +212,17 @@ impl Worker<'_> {
             }
             other => other,
         }
+    }
+}
+
+impl Tally {
+    /// Cells written per column, named, in plan order.
+    pub fn by_column(&self, plan: &EncryptTable) -> Vec<(String, u64)> {
+        plan.plaintext_columns()
+            .into_iter()
+            .map(str::to_owned)
+            .zip(self.cells.iter().copied())
+            .collect()
     }
 }
 

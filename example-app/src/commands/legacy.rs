@@ -310,7 +310,7 @@ async fn verify(db: &DatabaseConnection) -> Result<bool, String> {
         say!(
             "{} row(s) do not match (ids: {}){}.",
             report.problem_rows,
-            ids(&report.problem_ids, report.problem_rows),
+            report.listed_ids(),
             if demoted {
                 "; columns that were verified are back in `backfilled`, so cut-over waits"
             } else {
@@ -319,16 +319,6 @@ async fn verify(db: &DatabaseConnection) -> Result<bool, String> {
         );
     }
     Ok(report.passed())
-}
-
-fn ids(ids: &[i64], count: u64) -> String {
-    let shown: Vec<String> = ids.iter().take(20).map(i64::to_string).collect();
-    let more = count.saturating_sub(shown.len() as u64);
-    if more > 0 {
-        format!("{} and {more} more", shown.join(", "))
-    } else {
-        shown.join(", ")
-    }
 }
 
 /// Rounds of repair and verify until verify passes, or until a round fixes no more than
@@ -376,7 +366,7 @@ async fn repair(db: &DatabaseConnection, options: &RunOptions) -> Result<(), Str
         say!(
             "Verify: {} row(s) still do not match (ids: {}).",
             check.problem_rows,
-            ids(&check.problem_ids, check.problem_rows)
+            check.listed_ids()
         );
         if check.problem_rows >= last_problems {
             return Err(format!(
