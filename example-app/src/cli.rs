@@ -133,8 +133,8 @@ pub enum KeysCommand {
     /// after adding a new key to ENCRYPTED_COLUMNS_KEYS and making it active with
     /// ENCRYPTED_COLUMNS_ACTIVE_KEY. Patient data itself is not rewritten.
     Rotate {
-        /// Rows per batch (one transaction each).
-        #[arg(long, default_value_t = 500)]
+        /// Rows per batch (one transaction each), 1 to 10000.
+        #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..=10_000))]
         batch_size: u64,
     },
 }
@@ -177,11 +177,11 @@ pub enum PatientCommand {
     },
     /// List patients as a table.
     List {
-        /// At most this many.
-        #[arg(long, default_value_t = 50)]
+        /// At most this many, 1 to 10000.
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..=10_000))]
         limit: u64,
-        /// Skip this many first.
-        #[arg(long, default_value_t = 0)]
+        /// Skip this many first (at most 2147483647).
+        #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=i32::MAX as u64))]
         offset: u64,
     },
     /// Find patients through a blind index (exactly one of the options).
@@ -310,10 +310,13 @@ pub enum AuditCommand {
         /// Only entries about this patient.
         #[arg(long)]
         patient: Option<i32>,
-        /// At most this many.
-        #[arg(long, default_value_t = 50)]
+        /// At most this many, 1 to 10000.
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..=10_000))]
         limit: u64,
     },
+    /// Check the audit log's hash chain end to end: every entry's MAC over its content and
+    /// the previous entry's MAC. Names the first broken entry and exits non-zero.
+    Verify,
 }
 
 /// Index commands.
@@ -322,4 +325,11 @@ pub enum IndexCommand {
     /// What each blind index reveals about the stored data: distinct values, the largest
     /// group, entropy, and the planner's advice.
     Report,
+    /// Recompute every patient's blind indexes with the active blind-index key and the
+    /// current index sizes (after a blind-index key rotation or an index size change).
+    Rebuild {
+        /// Patients per transaction, 1 to 10000.
+        #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+        batch_size: u64,
+    },
 }

@@ -74,6 +74,9 @@ async fn main() -> ExitCode {
         Command::Transcript(command) => commands::records::transcript(&global, command).await,
         Command::Audit(command) => commands::audit::run(&global, command).await,
         Command::Index(cli::IndexCommand::Report) => commands::index::report(&global).await,
+        Command::Index(cli::IndexCommand::Rebuild { batch_size }) => {
+            commands::index::rebuild(&global, batch_size).await
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -13,6 +13,8 @@ mod m20261123_000005_create_consent_records;
 mod m20261123_000006_create_transcripts;
 mod m20261123_000007_create_clinical_notes;
 mod m20261123_000008_create_audit_log;
+mod m20261129_000009_bind_patient_keys;
+mod m20261129_000010_chain_audit_log;
 
 /// Runs the clinic's migrations.
 pub struct Migrator;
@@ -29,6 +31,8 @@ impl MigratorTrait for Migrator {
             Box::new(m20261123_000006_create_transcripts::Migration),
             Box::new(m20261123_000007_create_clinical_notes::Migration),
             Box::new(m20261123_000008_create_audit_log::Migration),
+            Box::new(m20261129_000009_bind_patient_keys::Migration),
+            Box::new(m20261129_000010_chain_audit_log::Migration),
         ]
     }
 }

@@ -29,7 +29,10 @@ struct EntryView {
 
 /// Runs one audit command.
 pub async fn run(global: &Global, command: AuditCommand) -> Result<(), String> {
-    let AuditCommand::List { patient, limit } = command;
+    let (patient, limit) = match command {
+        AuditCommand::List { patient, limit } => (patient, limit),
+        AuditCommand::Verify => return Err("`clinic audit verify` is not built yet".into()),
+    };
     let clinic = global.open().await?;
     let mut query = audit_entry::Entity::find()
         .order_by_desc(audit_entry::Column::Id)

@@ -96,3 +96,8 @@ pub async fn report(global: &Global) -> Result<(), String> {
     );
     Ok(())
 }
+
+/// Runs `clinic index rebuild`.
+pub async fn rebuild(_global: &Global, _batch_size: u64) -> Result<(), String> {
+    Err("`clinic index rebuild` is not built yet".into())
+}

@@ -8,7 +8,7 @@ use sea_orm::{ConnectionTrait, Database};
 
 /// The demo's generated population, reproduced from its seed.
 #[allow(dead_code)]
-#[path = "../src/fake.rs"]
+#[path = "../../src/fake.rs"]
 mod fake;
 
 /// The seed in `commands::demo::DEMO_SEED`.
@@ -1126,3 +1126,8 @@ fn debug_logs_of_the_demo_hold_no_phi_and_no_key_material() {
     }
     assert_no_plaintext_in(&logs, &secrets, "RUST_LOG=trace output");
 }
+
+mod audit_chain;
+mod binding;
+mod demo_safety;
+mod hostile_input;

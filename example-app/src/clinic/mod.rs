@@ -1,0 +1,118 @@
+//! The clinic's data layer: per-patient data keys, audited reads and writes, erasure.
+//!
+//! Key hierarchy (envelope encryption):
+//!
+//! * the **clinic keyring** (from `ENCRYPTED_COLUMNS_KEYS`) seals each patient's data key in
+//!   `patient_keys.wrapped_key`, the legacy table and audit entries about no one patient;
+//! * each **patient data key** (32 random bytes) seals that patient's own fields, notes,
+//!   consents, transcripts and audit details. Its key id in the envelopes is
+//!   [`DATA_KEY_ID_BASE`] + the `patient_keys` row id, so rows of many patients can be read in
+//!   one query with a keyring holding all their keys;
+//! * the **blind-index key** is the clinic's, shared by all patients, so lookups by e-mail,
+//!   phone or name work across patients.
+//!
+//! Erasing a patient deletes its data-key row: every envelope sealed with it — in this
+//! database, replicas, dumps and backups — is then unreadable (crypto-shredding), and the
+//! patient's rows are deleted too.
+
+mod audit;
+mod erase;
+mod keys;
+mod patients;
+
+use std::sync::Arc;
+
+use chrono::NaiveDate;
+use encrypted_columns::{EncryptedString, Error as SealError, Keyring};
+use migration::{Migrator, MigratorTrait};
+use sea_orm::{DatabaseConnection, DbErr};
+
+use crate::entities::patient;
+
+pub use keys::{DATA_KEY_ID_BASE, data_key_id};
+
+/// A failure with one line a person can act on.
+pub type Res<T> = Result<T, String>;
+
+/// A database error as one line: the typed encryption error when there is one.
+pub fn db_err(err: DbErr) -> String {
+    match SealError::from_db_err(&err) {
+        Some(typed) => typed.to_string(),
+        None => format!("database error: {err}"),
+    }
+}
+
+/// What the CLI needs to store a new patient.
+#[derive(Debug, Clone)]
+pub struct NewPatient {
+    pub first_name: String,
+    pub last_name: String,
+    pub email: String,
+    pub phone: Option<String>,
+    pub address: Option<String>,
+    pub date_of_birth: NaiveDate,
+    pub medical_history: Option<String>,
+}
+
+/// Changes to a patient; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default)]
+pub struct PatientChanges {
+    pub first_name: Option<String>,
+    pub last_name: Option<String>,
+    pub email: Option<String>,
+    pub phone: Option<String>,
+    pub address: Option<String>,
+    pub date_of_birth: Option<NaiveDate>,
+    pub medical_history: Option<String>,
+    pub active: Option<bool>,
+}
+
+/// The clinic: a connection, the clinic keyring, and who is acting (for the audit log).
+pub struct Clinic {
+    pub db: DatabaseConnection,
+    master: Arc<Keyring>,
+    actor: String,
+}
+
+impl Clinic {
+    /// Wraps a connection whose schema is up to date (see [`Clinic::check_schema`]).
+    pub fn new(db: DatabaseConnection, master: Arc<Keyring>, actor: String) -> Self {
+        Clinic { db, master, actor }
+    }
+
+    /// The clinic keyring.
+    pub fn master(&self) -> &Arc<Keyring> {
+        &self.master
+    }
+
+    /// Fails with a pointer to `clinic init` if migrations are pending.
+    pub async fn check_schema(db: &DatabaseConnection) -> Res<()> {
+        let pending = Migrator::get_pending_migrations(db)
+            .await
+            .map_err(|e| format!("cannot read the migration table: {e}"))?;
+        if !pending.is_empty() {
+            return Err(format!(
+                "the database is not set up for the clinic ({} migration(s) pending): run \
+                 `clinic init` first",
+                pending.len()
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Seals a string with `ring`.
+pub fn seal<C: encrypted_columns::ColumnContext>(
+    ring: &Keyring,
+    value: String,
+) -> Res<EncryptedString<C>> {
+    EncryptedString::new_with(ring, value).map_err(|e| e.to_string())
+}
+
+/// A duplicate e-mail as its typed message; anything else as [`db_err`].
+pub fn duplicate_or_db_err(err: DbErr) -> String {
+    match patient::Entity::unique_violation(&err) {
+        Some(typed) => format!("{typed} (another patient already has this e-mail)"),
+        None => db_err(err),
+    }
+}

@@ -1,0 +1,4 @@
+//! (tests to come)
+
+#[allow(unused_imports)]
+use super::*;
