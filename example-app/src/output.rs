@@ -21,3 +21,38 @@ macro_rules! say {
     ($($arg:tt)*) => { $crate::output::line(format_args!($($arg)*)) };
 }
 pub(crate) use say;
+
+/// Text from the database or a user, made safe to print on a terminal: control characters
+/// (C0, DEL, C1) and bidirectional-override characters are shown as `\u{…}` escapes, so a
+/// stored value cannot move the cursor, recolour the screen or reorder what is printed
+/// around it. Printable text passes through unchanged and unallocated.
+pub fn shown(text: &str) -> std::borrow::Cow<'_, str> {
+    fn unsafe_char(c: char) -> bool {
+        c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    }
+    if !text.chars().any(unsafe_char) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if unsafe_char(c) {
+            out.push_str(&format!("\\u{{{:x}}}", u32::from(c)));
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shown;
+
+    #[test]
+    fn escapes_terminal_control_and_bidi_characters() {
+        assert_eq!(shown("Ada Lovelace"), "Ada Lovelace");
+        assert_eq!(shown("a\u{1b}[2Jb"), "a\\u{1b}[2Jb");
+        assert_eq!(shown("x\ny\u{7f}\u{9b}"), "x\\u{a}y\\u{7f}\\u{9b}");
+        assert_eq!(shown("\u{202e}cod.exe"), "\\u{202e}cod.exe");
+    }
+}

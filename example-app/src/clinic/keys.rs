@@ -14,9 +14,23 @@ use crate::entities::{patient, patient_key};
 /// stay below it (checked when keys are loaded).
 pub const DATA_KEY_ID_BASE: u32 = 0x8000_0000;
 
-/// The envelope key id of the data key in `patient_keys` row `row`.
-pub fn data_key_id(row: i32) -> KeyId {
-    KeyId(DATA_KEY_ID_BASE + row.unsigned_abs())
+/// The envelope key id of the data key in `patient_keys` row `row`: one-to-one for rows
+/// 1..=i32::MAX (ids 0x8000_0001..=0xFFFF_FFFF). Any other row number is a damaged or
+/// tampered `key_id`, refused rather than mapped onto some other patient's key.
+pub fn data_key_id(row: i32) -> Res<KeyId> {
+    match u32::try_from(row) {
+        Ok(n) if n > 0 => Ok(KeyId(DATA_KEY_ID_BASE + n)),
+        _ => Err(format!(
+            "key row {row} is not a valid patient_keys id (ids start at 1); the row is damaged"
+        )),
+    }
+}
+
+/// The `patient_keys` row a data key id names, if it is one.
+pub fn key_row_of_id(id: KeyId) -> Option<i32> {
+    id.0.checked_sub(DATA_KEY_ID_BASE)
+        .and_then(|n| i32::try_from(n).ok())
+        .filter(|n| *n > 0)
 }
 
 impl Clinic {
@@ -60,7 +74,7 @@ impl Clinic {
                         key.id
                     )
                 })?;
-            ring.add_key(data_key_id(key.id), bytes)
+            ring.add_key(data_key_id(key.id)?, bytes)
                 .map_err(|e| e.to_string())?;
         }
         Ok(Arc::new(ring))
@@ -70,7 +84,7 @@ impl Clinic {
     pub fn sealing_ring(ring: &Keyring, key_row: i32) -> Res<Keyring> {
         let mut sealing = ring.clone();
         sealing
-            .promote(data_key_id(key_row))
+            .promote(data_key_id(key_row)?)
             .map_err(|_| "this patient's data key is gone: the patient was erased".to_string())?;
         Ok(sealing)
     }

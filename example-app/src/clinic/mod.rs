@@ -29,16 +29,31 @@ use sea_orm::{DatabaseConnection, DbErr};
 
 use crate::entities::patient;
 
-pub use keys::{DATA_KEY_ID_BASE, data_key_id};
+pub use keys::{DATA_KEY_ID_BASE, data_key_id, key_row_of_id};
 
 /// A failure with one line a person can act on.
 pub type Res<T> = Result<T, String>;
 
-/// A database error as one line: the typed encryption error when there is one.
+/// A database error as one line: the typed encryption error when there is one. A missing
+/// patient data key gets the clinic's own words: such keys live in `patient_keys`, never in
+/// `ENCRYPTED_COLUMNS_KEYS`, so the library's generic hint would mislead.
 pub fn db_err(err: DbErr) -> String {
     match SealError::from_db_err(&err) {
-        Some(typed) => typed.to_string(),
+        Some(typed) => seal_err(&typed),
         None => format!("database error: {err}"),
+    }
+}
+
+/// An encryption error as one line, in the clinic's words for patient data keys.
+pub fn seal_err(err: &SealError) -> String {
+    match err {
+        SealError::UnknownKeyId { id } => match key_row_of_id(*id) {
+            Some(row) => format!(
+                "a value is sealed with patient data key {id} (patient_keys row {row}), which                  is not in the database: the patient was erased or the key row is missing"
+            ),
+            None => err.to_string(),
+        },
+        other => other.to_string(),
     }
 }
 

@@ -59,7 +59,7 @@ impl Clinic {
         .await
         .map_err(db_err)?
         .id;
-        let ring = self.master.with_data_key(data_key_id(key_row), *key);
+        let ring = self.master.with_data_key(data_key_id(key_row)?, *key);
         let now = Utc::now();
         let row = patient::ActiveModel {
             key_id: Set(key_row),

@@ -455,7 +455,7 @@ async fn erasure(clinic: &Clinic, population: u32) -> Result<(), String> {
         "   Patient #{victim}: data key {} destroyed; deleted the patient row, {} note(s), {} \
          consent(s), {} transcript(s).\n   Verified: {} row(s) left, and a copy of its e-mail \
          envelope (what a backup holds) no longer opens:\n   {}",
-        data_key_id(key_row),
+        data_key_id(key_row)?,
         report.notes,
         report.consents,
         report.transcripts,
