@@ -36,12 +36,18 @@ pub struct Cli {
 pub enum Command {
     /// Guided tour of every feature on 1,000+ generated fake patients.
     ///
-    /// Patients sealed with their own keys, the raw stored bytes, blind-index search, duplicate rejection, the legacy-table migration, key
-    /// rotation, erasure and the audit trail. Uses a fresh `clinic-demo.db` SQLite file
-    /// unless --database-url is given, and throwaway keys if ENCRYPTED_COLUMNS_KEYS is unset.
+    /// Patients sealed with their own keys, the raw stored bytes, blind-index search,
+    /// duplicate rejection, the legacy-table migration, key rotation, erasure and the audit
+    /// trail.
+    ///
+    /// Writes to its own `clinic-demo.db` SQLite file, replaced on the next run (a file of
+    /// that name the demo did not make is refused and left alone), or to --database-url /
+    /// DATABASE_URL only if that database holds no tables at all. Uses throwaway keys if
+    /// ENCRYPTED_COLUMNS_KEYS is unset; with your keys, everything it leaves opens with them
+    /// (it rotates to a key of its own and back).
     Demo {
-        /// How many fake patients to generate.
-        #[arg(long, default_value_t = 1000)]
+        /// How many fake patients to generate, 1 to 100000.
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
         patients: u32,
     },
     /// Create or update the clinic's tables (runs the migrations).
@@ -64,7 +70,7 @@ pub enum Command {
     /// The append-only audit trail.
     #[command(subcommand)]
     Audit(AuditCommand),
-    /// Blind indexes: what they reveal.
+    /// Blind indexes: what they reveal; recompute them.
     #[command(subcommand)]
     Index(IndexCommand),
     /// Encrypt the plaintext `legacy_patients` table without downtime, one checked phase at
@@ -80,8 +86,8 @@ pub enum LegacyCommand {
     Status,
     /// Insert fake legacy patients, written the way the current phase requires.
     Seed {
-        /// How many.
-        #[arg(long, default_value_t = 1000)]
+        /// How many, 1 to 1000000 (one insert each).
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
         rows: u32,
     },
     /// Record that every writer now writes plaintext and envelope together.
@@ -131,7 +137,9 @@ pub enum KeysCommand {
     Status,
     /// Re-wrap every patient data key (and re-seal the legacy table) under the active key,
     /// after adding a new key to ENCRYPTED_COLUMNS_KEYS and making it active with
-    /// ENCRYPTED_COLUMNS_ACTIVE_KEY. Patient data itself is not rewritten.
+    /// ENCRYPTED_COLUMNS_ACTIVE_KEY. Patient data itself is not rewritten. Also recomputes
+    /// the legacy table's e-mail index under the active blind-index key (the patients'
+    /// indexes: `clinic index rebuild`).
     Rotate {
         /// Rows per batch (one transaction each), 1 to 10000.
         #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..=10_000))]
@@ -316,6 +324,9 @@ pub enum AuditCommand {
     },
     /// Check the audit log's hash chain end to end: every entry's MAC over its content and
     /// the previous entry's MAC. Names the first broken entry and exits non-zero.
+    ///
+    /// Needs every blind-index key that made MACs. Prints the head (seq and MAC): record it
+    /// elsewhere, since deleting the newest entries leaves a valid, shorter chain.
     Verify,
 }
 
@@ -326,7 +337,18 @@ pub enum IndexCommand {
     /// group, entropy, and the planner's advice.
     Report,
     /// Recompute every patient's blind indexes with the active blind-index key and the
-    /// current index sizes (after a blind-index key rotation or an index size change).
+    /// current index sizes.
+    ///
+    /// Needed after an index size changes (the phone-last-4 index went from 16 to 12 bits:
+    /// until rebuilt, `patient find --phone-last4` misses patients stored before) and to
+    /// finish a blind-index key rotation: add the new key to
+    /// ENCRYPTED_COLUMNS_BLIND_INDEX_KEYS, make it active with
+    /// ENCRYPTED_COLUMNS_ACTIVE_BLIND_INDEX_KEY, run `clinic index rebuild` (and `clinic keys
+    /// rotate` for the legacy table), then the old key can be retired; the output says when.
+    /// Patients in id order, in batches (one transaction each); each is opened with its own
+    /// data key and only changed index values are written. Safe to re-run: what is current is
+    /// left alone. A patient that cannot be opened is skipped and named at the end, with a
+    /// non-zero exit; the others are rebuilt.
     Rebuild {
         /// Patients per transaction, 1 to 10000.
         #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..=10_000))]

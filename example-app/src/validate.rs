@@ -20,17 +20,19 @@ pub fn email(raw: &str) -> Result<String, String> {
     }
 }
 
-/// A date of birth: `YYYY-MM-DD`, not in the future, not before 1900.
+/// A date of birth: `YYYY-MM-DD`, not in the future, not before 1900. The messages never
+/// repeat what was typed: a date of birth is personal data, and so is a near miss of one.
 pub fn date_of_birth(raw: &str) -> Result<NaiveDate, String> {
     let date = NaiveDate::parse_from_str(raw.trim(), "%Y-%m-%d").map_err(|_| {
-        format!("invalid date of birth {raw:?}: expected YYYY-MM-DD, e.g. 1984-03-09")
+        "invalid date of birth: it must be a real date written YYYY-MM-DD, e.g. 1984-03-09"
+            .to_owned()
     })?;
     let today = Utc::now().date_naive();
     if date > today {
-        return Err(format!("invalid date of birth {date}: it is in the future"));
+        return Err("invalid date of birth: it is in the future".into());
     }
-    if date.year_ce().1 < 1900 {
-        return Err(format!("invalid date of birth {date}: before 1900"));
+    if date.year() < 1900 {
+        return Err("invalid date of birth: it is before 1900".into());
     }
     Ok(date)
 }
@@ -43,15 +45,17 @@ pub fn phone(raw: &str) -> Result<String, String> {
     let allowed = value
         .chars()
         .all(|c| c.is_ascii_digit() || " +-.()".contains(c));
-    if allowed && (4..=20).contains(&digits) {
-        Ok(value.to_owned())
+    let problem = if !allowed {
+        "it has a character other than digits, + - . ( ) and spaces".to_owned()
+    } else if !(4..=20).contains(&digits) {
+        format!("it has {digits} digit(s)")
     } else {
-        Err(format!(
-            "invalid phone number: use 4 to 20 digits, optionally with + - . ( ) and spaces \
-             (got {} digit(s))",
-            digits
-        ))
-    }
+        return Ok(value.to_owned());
+    };
+    Err(format!(
+        "invalid phone number: {problem}; use 4 to 20 digits, optionally with + - . ( ) and \
+         spaces"
+    ))
 }
 
 /// Exactly four digits, for `--phone-last4`.
@@ -98,8 +102,40 @@ mod tests {
     #[test]
     fn dates() {
         assert!(date_of_birth("1984-03-09").is_ok());
-        for bad in ["1984-13-01", "09/03/1984", "", "2999-01-01", "1850-01-01"] {
+        for bad in [
+            "1984-13-01",
+            "1984-13-45",
+            "09/03/1984",
+            "",
+            "2999-01-01",
+            "1850-01-01",
+            "-1990-01-01",
+            "+12345-01-01",
+        ] {
             assert!(date_of_birth(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn rejected_input_is_never_echoed() {
+        let typed = "1984-13-45";
+        let err = date_of_birth(typed).expect_err("month 13");
+        assert!(!err.contains(typed) && !err.contains("13"), "{err}");
+        assert!(err.contains("YYYY-MM-DD"), "{err}");
+        for (typed, err) in [
+            (
+                "2999-01-01",
+                date_of_birth("2999-01-01").expect_err("future"),
+            ),
+            (
+                "1850-01-01",
+                date_of_birth("1850-01-01").expect_err("too old"),
+            ),
+            ("Ada@@x", email("Ada@@x").expect_err("two @")),
+            ("+1 555 CALL", phone("+1 555 CALL").expect_err("letters")),
+            ("12a4", last4("12a4").expect_err("letter")),
+        ] {
+            assert!(!err.contains(typed), "{typed:?} echoed: {err}");
         }
     }
 

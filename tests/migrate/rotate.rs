@@ -6,7 +6,9 @@
 //! 2. blind-index key rotated, data key unchanged: every index value is recomputed under the
 //!    new version, every envelope is left byte-identical;
 //! 3. both keys rotated over a table whose rows need one, the other, both or neither, in runs
-//!    long enough that whole batches need only one kind of work.
+//!    long enough that whole batches need only one kind of work;
+//! 4. a batch size outside 1..=`MAX_BATCH_SIZE` (issue 11, item 6): refused by rotate, as by
+//!    backfill and repair, with a typed error before anything is read or written.
 //!
 //! A batch whose rows need only one kind of work must not assign the other column (a CASE
 //! without a WHEN arm is a syntax error on SQLite and PostgreSQL).
@@ -16,12 +18,15 @@ use std::sync::Arc;
 
 use encrypted_columns::blind_index::BlindIndex;
 use encrypted_columns::keyring;
-use encrypted_columns::migrate::{self, RotateColumn, RotationReport};
-use encrypted_columns::{ColumnContext, KeyId, Keyring};
+use encrypted_columns::migrate::{self, MAX_BATCH_SIZE, RotateColumn, RotationReport};
+use encrypted_columns::{ColumnContext, Error, KeyId, Keyring};
 use encrypted_columns_tests::{TestDb, TestResult, backend_tests};
 use sea_orm::DatabaseConnection;
 
-use crate::email_table::{Row, check_rows_sealed_with, create_table, read_rows, seed_sealed};
+use crate::email_table::{
+    Row, check_rows_sealed_with, create_table, read_rows, seed_sealed, snapshot, started_table,
+};
+use crate::expect::crate_error;
 use crate::keys::Keys;
 use crate::support::{Res, batches};
 
@@ -30,6 +35,8 @@ use crate::support::{Res, batches};
 email_context!(DataEmail, DATA_BIDX, "rot1_data");
 email_context!(IndexEmail, INDEX_BIDX, "rot1_index");
 email_context!(MixedEmail, MIXED_BIDX, "rot1_mixed");
+email_context!(SizeEmail, SIZE_BIDX, "rot1_size");
+email_context!(SizePlainEmail, SIZE_PLAIN_BIDX, "rot1_size_plain");
 
 /// A test's table and its blind index.
 type Tbl = (&'static str, &'static BlindIndex);
@@ -312,6 +319,105 @@ backend_tests!(
             );
         }
         nothing_left::<MixedEmail>(conn, table, &new).await?;
+        Ok(())
+    }
+);
+
+/// Batch sizes every step must refuse: zero (would never advance), one past the bound, and
+/// the largest `u64` (a bound LIMIT of it panics inside some drivers).
+const BAD_BATCH_SIZES: [u64; 3] = [0, MAX_BATCH_SIZE + 1, u64::MAX];
+
+/// `err` is `Error::Migration` about the batch size, naming `table.column` when given.
+fn expect_batch_size_error(
+    err: &sea_orm::DbErr,
+    on: Option<(&str, &str)>,
+    size: u64,
+) -> TestResult {
+    let (inner, message) = crate_error(err)?;
+    let Error::Migration { table, column, .. } = inner else {
+        return Err(format!("batch size {size}: expected Error::Migration, got {message}").into());
+    };
+    ensure!(
+        message.contains(&format!(
+            "batch size {size} is outside 1..={MAX_BATCH_SIZE}"
+        )),
+        "batch size {size}: {message}"
+    );
+    if let Some((t, c)) = on {
+        ensure!(
+            (table.as_str(), column.as_str()) == (t, c),
+            "batch size {size}: names {table}.{column}, not {t}.{c}"
+        );
+    }
+    Ok(())
+}
+
+backend_tests!(
+    /// `migrate::rotate` with a batch size of 0, `MAX_BATCH_SIZE + 1` or `u64::MAX` fails with
+    /// `Error::Migration` naming the column, before anything is read or written (rows
+    /// byte-identical, no state row); `MAX_BATCH_SIZE` itself works. Backfill and repair
+    /// refuse the same sizes with the same typed error.
+    batch_sizes_out_of_range_are_refused,
+    |db: &TestDb| async move {
+        let conn = &db.conn;
+        let table: Tbl = ("rot1_size", &SIZE_BIDX);
+        let keys = Keys::generate();
+        let old = keys.ring(1, 1)?;
+        let before = seeded::<SizeEmail>(conn, table, 120, |_| &old, |_| false).await?;
+        let new = Arc::new(keys.rotating_to(2, 2)?);
+        let spec = RotateColumn::<String, SizeEmail>::new(table.0, "id", "email_enc")
+            .with_index("email_bidx", table.1);
+        for size in BAD_BATCH_SIZES {
+            let err = keyring::scope(Arc::clone(&new), async {
+                migrate::rotate(conn, &spec, &batches(size), |_| {}).await
+            })
+            .await
+            .expect_err("a bad batch size was accepted");
+            expect_batch_size_error(&err, Some(("rot1_size", "email_enc")), size)?;
+            ensure!(
+                read_rows(conn, table.0, false).await? == before,
+                "batch size {size}: rows changed"
+            );
+            ensure!(
+                !migrate::state::list(conn)
+                    .await?
+                    .iter()
+                    .any(|s| s.table == table.0),
+                "batch size {size}: a rotation state row was written"
+            );
+        }
+        let report = rotate::<SizeEmail>(conn, table, &new, MAX_BATCH_SIZE).await?;
+        assert_eq!(report.resealed, values_in(120), "{report:?}");
+        assert_eq!(report.batches, 1, "{report:?}");
+
+        // Backfill and repair, on a plaintext table: refused at any phase, state unchanged.
+        let plain = "rot1_size_plain";
+        let spec = started_table::<SizePlainEmail>(conn, plain, 40, &SIZE_PLAIN_BIDX).await?;
+        migrate::dual_write(conn, &spec).await?;
+        let started = snapshot(conn, plain, true).await?;
+        for size in BAD_BATCH_SIZES {
+            let err = migrate::backfill(conn, &spec, &batches(size), |_| {})
+                .await
+                .expect_err("backfill accepted a bad batch size");
+            expect_batch_size_error(&err, None, size)?;
+            ensure!(
+                snapshot(conn, plain, true).await? == started,
+                "backfill with batch size {size} changed something"
+            );
+        }
+        let filled = migrate::backfill(conn, &spec, &batches(MAX_BATCH_SIZE), |_| {}).await?;
+        ensure!(filled.finished, "backfill did not finish: {filled:?}");
+        let backfilled = snapshot(conn, plain, true).await?;
+        for size in BAD_BATCH_SIZES {
+            let err = migrate::repair(conn, &spec, &batches(size), |_| {})
+                .await
+                .expect_err("repair accepted a bad batch size");
+            expect_batch_size_error(&err, None, size)?;
+            ensure!(
+                snapshot(conn, plain, true).await? == backfilled,
+                "repair with batch size {size} changed something"
+            );
+        }
         Ok(())
     }
 );

@@ -10,7 +10,7 @@ use tracing::{Instrument, debug, info, info_span};
 
 use super::sql::{a, check_columns, pk_of};
 use super::state::{self, Kind};
-use super::{Phase, Progress, RunOptions};
+use super::{MAX_BATCH_SIZE, Phase, Progress, RunOptions};
 use crate::blind_index::{BlindIndex, IndexArg};
 use crate::context::ColumnContext;
 use crate::keyring::{self, KeyId};
@@ -119,6 +119,20 @@ where
     D: ConnectionTrait + TransactionTrait,
 {
     let (table, pk, enc) = (&spec.table, &spec.primary_key, &spec.encrypted);
+    // Checked before anything is read or written. The batch size becomes a bound LIMIT: a
+    // huge one panics inside some drivers (u64 to i64), a zero one would never advance. The
+    // lease does not matter here (rotation claims no chunks), so this is not `checked_batch`.
+    if !(1..=MAX_BATCH_SIZE).contains(&options.batch_size) {
+        return Err(crate::Error::Migration {
+            table: table.clone(),
+            column: enc.clone(),
+            problem: format!(
+                "batch size {} is outside 1..={MAX_BATCH_SIZE}",
+                options.batch_size
+            ),
+        }
+        .into());
+    }
     let keyring = keyring::current()?;
     let active = keyring.active_key_id();
     let active_bi = keyring.active_blind_index_key_id();
@@ -174,7 +188,7 @@ where
             .and_where(Expr::col(a(enc)).is_not_null())
             .cond_where(stale.clone())
             .order_by(a(pk), Order::Asc)
-            .limit(Ord::max(options.batch_size, 1))
+            .limit(options.batch_size)
             .to_owned();
         let rows = db.query_all(&select).await?;
         if rows.is_empty() {

@@ -1,13 +1,13 @@
 //! Patient data keys: where their envelope key ids come from, and keyrings that hold them.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use encrypted_columns::keyring;
-use encrypted_columns::{KeyId, Keyring};
-use sea_orm::{ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QuerySelect};
+use encrypted_columns::zeroize::Zeroizing;
+use encrypted_columns::{EncryptedBytes, KeyId, Keyring};
+use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QuerySelect};
 
-use super::{Clinic, Res, db_err};
+use super::{Clinic, Res, db_err, seal_err};
 use crate::entities::{patient, patient_key};
 
 /// Envelope key ids at and above this are patient data keys; the clinic's own key ids must
@@ -33,51 +33,87 @@ pub fn key_row_of_id(id: KeyId) -> Option<i32> {
         .filter(|n| *n > 0)
 }
 
+/// A reading keyring and the key rows that could not be put in it.
+pub struct ReadingKeys {
+    /// The clinic keyring plus every data key that opened.
+    pub ring: Arc<Keyring>,
+    /// `patient_keys` row → why its key is not in `ring` (damaged, wrong clinic key, …).
+    pub broken: BTreeMap<i32, String>,
+}
+
+/// Opens the wrapped data key of `patient_keys` row `row` with the clinic keyring.
+fn unwrap_key(master: &Keyring, row: i32, wrapped: Vec<u8>) -> Res<(KeyId, Zeroizing<[u8; 32]>)> {
+    let id = data_key_id(row)?;
+    let opened =
+        EncryptedBytes::<patient_key::ctx::WrappedKey>::from_envelope_with(master, wrapped)
+            .map_err(|e| format!("patient_keys row {row} does not open: {}", seal_err(&e)))?;
+    let mut key = Zeroizing::new([0u8; 32]);
+    if opened.expose().len() != key.len() {
+        return Err(format!(
+            "patient_keys row {row} does not hold a 32-byte key; the row is damaged"
+        ));
+    }
+    key.copy_from_slice(opened.expose());
+    Ok((id, key))
+}
+
 impl Clinic {
     /// A keyring that opens the clinic's values and the data keys of `key_rows` (decrypt-only;
-    /// the clinic key stays active). Keys of erased patients are simply absent.
+    /// the clinic key stays active). Keys of erased patients are simply absent; a key row
+    /// that exists but does not open fails the whole call (see [`Clinic::reading_keys`]).
     pub async fn reading_ring<C: ConnectionTrait>(
         &self,
         db: &C,
         key_rows: impl IntoIterator<Item = i32>,
     ) -> Res<Arc<Keyring>> {
+        let keys = self.reading_keys(db, key_rows).await?;
+        match keys.broken.into_iter().next() {
+            Some((_, reason)) => Err(reason),
+            None => Ok(keys.ring),
+        }
+    }
+
+    /// Like [`Clinic::reading_ring`], but a damaged key row only costs its own patient: it is
+    /// left out of the ring and named in [`ReadingKeys::broken`], so listings can still show
+    /// everyone else.
+    pub async fn reading_keys<C: ConnectionTrait>(
+        &self,
+        db: &C,
+        key_rows: impl IntoIterator<Item = i32>,
+    ) -> Res<ReadingKeys> {
         let rows: BTreeSet<i32> = key_rows.into_iter().collect();
         let mut ring = (*self.master).clone();
-        if rows.is_empty() {
-            return Ok(Arc::new(ring));
+        let mut broken = BTreeMap::new();
+        // Raw bytes, opened one by one below: one bad row must not fail the query.
+        let mut stored: Vec<(i32, Vec<u8>)> = Vec::new();
+        let rows: Vec<i32> = rows.into_iter().collect();
+        // Chunks keep the IN list under every backend's placeholder limit.
+        for chunk in rows.chunks(5_000) {
+            stored.extend(
+                patient_key::Entity::find()
+                    .select_only()
+                    .columns([patient_key::Column::Id, patient_key::Column::WrappedKey])
+                    .filter(patient_key::Column::Id.is_in(chunk.iter().copied()))
+                    .into_tuple::<(i32, Vec<u8>)>()
+                    .all(db)
+                    .await
+                    .map_err(db_err)?,
+            );
         }
-        let keys = keyring::scope(Arc::clone(&self.master), async {
-            let mut out = Vec::new();
-            // Chunks keep the IN list under every backend's placeholder limit.
-            let rows: Vec<i32> = rows.into_iter().collect();
-            for chunk in rows.chunks(5_000) {
-                out.extend(
-                    patient_key::Entity::find()
-                        .filter(patient_key::Column::Id.is_in(chunk.iter().copied()))
-                        .all(db)
-                        .await?,
-                );
+        for (row, wrapped) in stored {
+            match unwrap_key(&self.master, row, wrapped) {
+                Ok((id, key)) => ring
+                    .add_key(id, *key)
+                    .map_err(|e| format!("patient_keys row {row}: {e}"))?,
+                Err(reason) => {
+                    broken.insert(row, reason);
+                }
             }
-            Ok::<_, DbErr>(out)
-        })
-        .await
-        .map_err(db_err)?;
-        for key in keys {
-            let bytes: [u8; 32] = key
-                .wrapped_key
-                .expose()
-                .as_slice()
-                .try_into()
-                .map_err(|_| {
-                    format!(
-                        "patient_keys row {} does not hold a 32-byte key; the row is damaged",
-                        key.id
-                    )
-                })?;
-            ring.add_key(data_key_id(key.id)?, bytes)
-                .map_err(|e| e.to_string())?;
         }
-        Ok(Arc::new(ring))
+        Ok(ReadingKeys {
+            ring: Arc::new(ring),
+            broken,
+        })
     }
 
     /// A keyring that seals with patient key row `key_row` (which `ring` must hold).

@@ -19,17 +19,21 @@ mod audit;
 mod erase;
 mod keys;
 mod patients;
+mod rows;
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use chrono::NaiveDate;
 use encrypted_columns::{EncryptedString, Error as SealError, Keyring};
 use migration::{Migrator, MigratorTrait};
-use sea_orm::{DatabaseConnection, DbErr};
+use sea_orm::sea_query::{Alias, Query};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbErr};
 
 use crate::entities::patient;
 
 pub use keys::{DATA_KEY_ID_BASE, data_key_id, key_row_of_id};
+pub use rows::Listing;
 
 /// A failure with one line a person can act on.
 pub type Res<T> = Result<T, String>;
@@ -39,7 +43,7 @@ pub type Res<T> = Result<T, String>;
 /// `ENCRYPTED_COLUMNS_KEYS`, so the library's generic hint would mislead.
 pub fn db_err(err: DbErr) -> String {
     match SealError::from_db_err(&err) {
-        Some(typed) => seal_err(&typed),
+        Some(typed) => seal_err(typed),
         None => format!("database error: {err}"),
     }
 }
@@ -49,7 +53,8 @@ pub fn seal_err(err: &SealError) -> String {
     match err {
         SealError::UnknownKeyId { id } => match key_row_of_id(*id) {
             Some(row) => format!(
-                "a value is sealed with patient data key {id} (patient_keys row {row}), which                  is not in the database: the patient was erased or the key row is missing"
+                "a value is sealed with patient data key {id} (patient_keys row {row}), which \
+                 is not in the database: the patient was erased or the key row is missing"
             ),
             None => err.to_string(),
         },
@@ -101,15 +106,32 @@ impl Clinic {
     }
 
     /// Fails with a pointer to `clinic init` if migrations are pending.
+    ///
+    /// Only reads `seaql_migrations`: sea-orm-migration's own status check first runs
+    /// `CREATE TABLE IF NOT EXISTS`, which an application role without DDL rights (README,
+    /// "The audit log") may not do.
     pub async fn check_schema(db: &DatabaseConnection) -> Res<()> {
-        let pending = Migrator::get_pending_migrations(db)
-            .await
-            .map_err(|e| format!("cannot read the migration table: {e}"))?;
-        if !pending.is_empty() {
+        let query = Query::select()
+            .column(Alias::new("version"))
+            .from(Alias::new("seaql_migrations"))
+            .to_owned();
+        let applied: BTreeSet<String> = match db.query_all(&query).await {
+            Ok(rows) => rows
+                .iter()
+                .map(|row| row.try_get::<String>("", "version"))
+                .collect::<Result<_, _>>()
+                .map_err(|e| format!("cannot read the migration table: {e}"))?,
+            // No table (or no right to read it): nothing counts as applied.
+            Err(_) => BTreeSet::new(),
+        };
+        let pending = Migrator::migrations()
+            .iter()
+            .filter(|m| !applied.contains(m.name()))
+            .count();
+        if pending > 0 {
             return Err(format!(
-                "the database is not set up for the clinic ({} migration(s) pending): run \
-                 `clinic init` first",
-                pending.len()
+                "the database is not set up for the clinic ({pending} migration(s) pending): \
+                 run `clinic init` first"
             ));
         }
         Ok(())

@@ -1,37 +1,50 @@
 //! Storing, changing, loading and finding patients.
 
-use std::future::Future;
 use std::sync::Arc;
 
 use chrono::Utc;
 use encrypted_columns::keyring::{self, generate_key};
-use encrypted_columns::{EncryptedBytes, Keyring};
+use encrypted_columns::{EncryptedBytes, Error as SealError, Keyring};
 use sea_orm::ActiveValue::Set;
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, IntoActiveModel,
-    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, IntoActiveModel, PaginatorTrait,
+    QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
 };
 use tracing::info;
 
+use super::rows::{self, Listing, RawPatient, Unreadable};
 use super::{
     Clinic, NewPatient, PatientChanges, Res, data_key_id, db_err, duplicate_or_db_err, seal,
+    seal_err,
 };
 use crate::entities::{patient, patient_key};
 
 impl Clinic {
     /// Loads patient `id` with its data key; the ring can also seal for this patient.
+    /// Every envelope of the row must carry this patient's own data key id.
     pub async fn load_patient<C: ConnectionTrait>(
         &self,
         db: &C,
         id: i32,
     ) -> Res<(patient::Model, Keyring)> {
-        let key_row = self.key_row_of(db, id).await?;
-        let ring = self.reading_ring(db, [key_row]).await?;
-        let sealing = Self::sealing_ring(&ring, key_row)?;
-        let model = keyring::scope(ring, patient::Entity::find_by_id(id).one(db))
+        let raw = rows::select_raw()
+            .filter(patient::Column::Id.eq(id))
+            .into_model::<RawPatient>()
+            .one(db)
             .await
             .map_err(db_err)?
-            .ok_or_else(|| format!("no patient with id {id}"))?;
+            .ok_or_else(|| format!("no patient with id {id} (see `clinic patient list`)"))?;
+        let key_row = raw.key_id;
+        raw.expected_key()?;
+        let ring = self.reading_ring(db, [key_row]).await?;
+        let sealing = Self::sealing_ring(&ring, key_row).map_err(|_| {
+            format!(
+                "patient {id}'s data key (patient_keys row {key_row}) is not in the database: \
+                 the key row is missing, so its data cannot be read (an erased patient has no \
+                 patient row either)"
+            )
+        })?;
+        let model = raw.open(&ring)?;
         Ok((model, sealing))
     }
 
@@ -158,36 +171,48 @@ impl Clinic {
         Ok(saved)
     }
 
-    /// Patients by id order, with the ring that opened them.
-    pub async fn list_patients(
-        &self,
-        limit: u64,
-        offset: u64,
-    ) -> Res<(Vec<patient::Model>, Arc<Keyring>)> {
-        let heads: Vec<(i32, i32)> = patient::Entity::find()
-            .select_only()
-            .columns([patient::Column::Id, patient::Column::KeyId])
+    /// Patients by id order. Rows that do not open (damaged, tampered, key missing) are
+    /// named in [`Listing::unreadable`]; the others are listed.
+    pub async fn list_patients(&self, limit: u64, offset: u64) -> Res<Listing> {
+        let raws = rows::select_raw()
             .order_by_asc(patient::Column::Id)
             .limit(limit)
             .offset(offset)
-            .into_tuple()
+            .into_model::<RawPatient>()
             .all(&self.db)
             .await
             .map_err(db_err)?;
-        let ring = self
-            .reading_ring(&self.db, heads.iter().map(|(_, k)| *k))
+        self.open_rows(raws, |_| Ok(true)).await
+    }
+
+    /// Opens rows of several patients, each with its own data key only (see `rows`), keeping
+    /// those `keep` accepts.
+    async fn open_rows(
+        &self,
+        raws: Vec<RawPatient>,
+        keep: impl Fn(&patient::Model) -> Result<bool, SealError>,
+    ) -> Res<Listing> {
+        let keys = self
+            .reading_keys(&self.db, raws.iter().map(|r| r.key_id))
             .await?;
-        let ids: Vec<i32> = heads.iter().map(|(id, _)| *id).collect();
-        let rows = keyring::scope(
-            Arc::clone(&ring),
-            patient::Entity::find()
-                .filter(patient::Column::Id.is_in(ids))
-                .order_by_asc(patient::Column::Id)
-                .all(&self.db),
-        )
-        .await
-        .map_err(db_err)?;
-        Ok((rows, ring))
+        let mut listing = Listing::default();
+        for raw in raws {
+            let id = raw.id;
+            let opened = match keys.broken.get(&raw.key_id) {
+                Some(reason) => Err(format!("patient {id}: {reason}")),
+                None => raw.open(&keys.ring),
+            };
+            match opened.and_then(|m| match keep(&m) {
+                Ok(true) => Ok(Some(m)),
+                Ok(false) => Ok(None),
+                Err(e) => Err(format!("patient {id}: {}", seal_err(&e))),
+            }) {
+                Ok(Some(model)) => listing.rows.push(model),
+                Ok(None) => {}
+                Err(reason) => listing.unreadable.push(Unreadable { id, reason }),
+            }
+        }
+        Ok(listing)
     }
 
     /// How many patients there are.
@@ -198,32 +223,22 @@ impl Clinic {
             .map_err(db_err)
     }
 
-    /// Patients matching a blind-index condition, opened and checked with `matches`.
-    ///
-    /// Two steps: the candidate rows' key ids (no decryption), then the rows themselves
-    /// with a keyring holding those patients' keys. `find_all` is one of the lookups
-    /// `DeriveEncrypted` generates; it drops blind-index false positives after opening.
-    pub async fn find_patients<F, Fut>(
+    /// Patients matching a blind-index condition. `matches` drops blind-index false
+    /// positives after opening (one of the `matches_…` checks `DeriveEncrypted` generates).
+    /// A candidate that does not open is named in [`Listing::unreadable`]: it may or may
+    /// not be a match.
+    pub async fn find_patients(
         &self,
         condition: sea_orm::Condition,
-        find_all: F,
-    ) -> Res<(Vec<patient::Model>, Arc<Keyring>)>
-    where
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<Vec<patient::Model>, DbErr>>,
-    {
-        let key_rows: Vec<i32> = patient::Entity::find()
-            .select_only()
-            .column(patient::Column::KeyId)
+        matches: impl Fn(&patient::Model) -> Result<bool, SealError>,
+    ) -> Res<Listing> {
+        let raws = rows::select_raw()
             .filter(condition)
-            .into_tuple()
+            .order_by_asc(patient::Column::Id)
+            .into_model::<RawPatient>()
             .all(&self.db)
             .await
             .map_err(db_err)?;
-        let ring = self.reading_ring(&self.db, key_rows).await?;
-        let rows = keyring::scope(Arc::clone(&ring), find_all())
-            .await
-            .map_err(db_err)?;
-        Ok((rows, ring))
+        self.open_rows(raws, matches).await
     }
 }

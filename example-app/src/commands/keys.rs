@@ -39,6 +39,11 @@ struct Status {
     /// Clinic key ids no stored value uses any more (safe to remove once every process runs
     /// without them).
     retirable_keys: Vec<u32>,
+    /// Per `table.column` of every blind index: stored index values per blind-index key id.
+    index_values_by_key: BTreeMap<String, BTreeMap<u32, u64>>,
+    /// Loaded blind-index key ids, other than the active one, that neither an index value
+    /// nor an audit chain MAC uses.
+    retirable_blind_index_keys: Vec<u32>,
 }
 
 /// `clinic keys status`.
@@ -60,6 +65,10 @@ pub async fn status(global: &Global) -> Result<(), String> {
     let patient_data_keys = values_by_key
         .get("patient_keys.wrapped_key")
         .map_or(0, |m| m.values().sum());
+    let index_values_by_key = crate::commands::index::blind_index_usage(&clinic.db).await?;
+    let audit_macs = crate::commands::index::audit_mac_usage(&clinic.db).await?;
+    let retirable_blind_index_keys =
+        crate::commands::index::retirable_blind_index_keys(ring, &index_values_by_key, &audit_macs);
     let status = Status {
         active_key: ring.active_key_id().0,
         keys: ring.key_ids().map(|k| k.0).collect(),
@@ -72,6 +81,8 @@ pub async fn status(global: &Global) -> Result<(), String> {
             .collect(),
         values_by_key,
         patient_data_keys,
+        index_values_by_key,
+        retirable_blind_index_keys,
     };
     if global.json {
         return print_json(&status);
@@ -115,6 +126,27 @@ pub async fn status(global: &Global) -> Result<(), String> {
             );
         }
     }
+    let active_bi = status.active_blind_index_key;
+    let old_index_values: u64 = status
+        .index_values_by_key
+        .values()
+        .flat_map(|m| m.iter())
+        .filter(|(k, _)| Some(**k) != active_bi)
+        .map(|(_, n)| n)
+        .sum();
+    if old_index_values > 0 {
+        say!(
+            "{old_index_values} blind-index value(s) were computed with an older blind-index \
+             key: run `clinic index rebuild` (patients) and `clinic keys rotate` (the legacy \
+             table) before removing it."
+        );
+    } else if !status.retirable_blind_index_keys.is_empty() {
+        say!(
+            "Blind-index key(s) {} compute no stored index value and made no audit MAC: they \
+             can be removed from ENCRYPTED_COLUMNS_BLIND_INDEX_KEYS.",
+            join(&status.retirable_blind_index_keys)
+        );
+    }
     if used.keys().any(|k| *k != status.active_key) {
         say!("Values under older keys remain: run `clinic keys rotate`.");
     } else if !status.retirable_keys.is_empty() {
@@ -154,6 +186,17 @@ pub async fn rotate(global: &Global, batch_size: u64) -> Result<(), String> {
     .await?;
     if global.json {
         return print_json(&summary);
+    }
+    // Advice for the operator of a real rotation; the demo, which rotates back, prints its own.
+    if summary.retirable_keys.is_empty() {
+        say!("Nothing is sealed with an older key.");
+    } else {
+        say!(
+            "Key(s) {} now seal nothing: remove them from ENCRYPTED_COLUMNS_KEYS once every \
+             process runs with key {} active.",
+            join(&summary.retirable_keys),
+            summary.active_key
+        );
     }
     Ok(())
 }
@@ -202,11 +245,14 @@ pub async fn rotate_all(
         "legacy_patients.full_name_enc".into(),
         one("legacy_patients.full_name_enc", db, &spec, &options, chatty).await?,
     );
+    // Its blind index too: rows whose index an older blind-index key computed are
+    // recomputed with the active one (the patients' indexes: `clinic index rebuild`).
     let spec = RotateColumn::<String, legacy_patient::ctx::EmailEnc>::new(
         "legacy_patients",
         "id",
         "email_enc",
-    );
+    )
+    .with_index("email_bidx", legacy_patient::Entity::email_bidx_index());
     run(
         "legacy_patients.email_enc".into(),
         one("legacy_patients.email_enc", db, &spec, &options, chatty).await?,
@@ -225,17 +271,6 @@ pub async fn rotate_all(
         .filter(|k| **k != active && in_use.get(k).is_none_or(|n| *n == 0))
         .map(|k| k.0)
         .collect();
-    if chatty {
-        if retirable_keys.is_empty() {
-            say!("Nothing is sealed with an older key.");
-        } else {
-            say!(
-                "Key(s) {} now seal nothing: remove them from ENCRYPTED_COLUMNS_KEYS once every \
-                 process runs with key {active} active.",
-                join(&retirable_keys)
-            );
-        }
-    }
     Ok(RotationSummary {
         active_key: active.0,
         resealed,

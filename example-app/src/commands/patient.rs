@@ -4,10 +4,10 @@ use chrono::{DateTime, NaiveDate, Utc};
 use serde::Serialize;
 
 use crate::cli::{PatientCommand, PatientFields};
-use crate::clinic::{Clinic, NewPatient, PatientChanges};
+use crate::clinic::{Clinic, Listing, NewPatient, PatientChanges};
 use crate::commands::{Global, print_json};
 use crate::entities::patient;
-use crate::output::say;
+use crate::output::{say, shown};
 use crate::validate;
 
 /// A patient as the CLI shows it (opened values).
@@ -74,68 +74,52 @@ pub async fn run(global: &Global, command: PatientCommand) -> Result<(), String>
         }
         PatientCommand::List { limit, offset } => {
             let clinic = global.open().await?;
-            let (rows, _) = clinic.list_patients(limit, offset).await?;
+            let listing = clinic.list_patients(limit, offset).await?;
             let total = clinic.count_patients().await?;
-            clinic
-                .audit_reads(
-                    "listed in patient list",
-                    rows.iter().map(|m| (format!("patients#{}", m.id), m.id)),
-                )
-                .await?;
-            let views: Vec<PatientView> = rows.iter().map(PatientView::from).collect();
+            let views = finish_reads(&clinic, &listing, "listed in patient list").await?;
             if global.json {
-                return print_json(&views);
+                print_json(&views)?;
+                return listing.finish();
             }
             table(&views);
+            report_unreadable(&listing);
+            let seen = (views.len() + listing.unreadable.len()) as u64;
             say!(
                 "{} of {total} patient(s){}",
                 views.len(),
-                if (offset + views.len() as u64) < total {
-                    format!("; more with --offset {}", offset + views.len() as u64)
+                if offset.saturating_add(seen) < total {
+                    format!("; more with --offset {}", offset.saturating_add(seen))
                 } else {
                     String::new()
                 }
             );
-            Ok(())
+            listing.finish()
         }
         PatientCommand::Find {
             email,
             phone_last4,
             name_dob,
         } => {
-            let (rows, by) = match (email, phone_last4, name_dob) {
+            let (listing, clinic, summary, by) = match (email, phone_last4, name_dob) {
                 (Some(email), None, None) => {
                     let email = validate::email(&email)?;
                     let clinic = global.open().await?;
                     let condition = patient::Entity::email_bidx_condition(email.as_str())
                         .map_err(|e| e.to_string())?;
-                    let (rows, _) = clinic
-                        .find_patients(condition, || {
-                            patient::Entity::find_all_by_email_bidx(&clinic.db, email.as_str())
-                        })
+                    let listing = clinic
+                        .find_patients(condition, |m| m.matches_email_bidx(email.as_str()))
                         .await?;
-                    (
-                        finish_find(&clinic, rows, "found by e-mail").await?,
-                        "e-mail",
-                    )
+                    (listing, clinic, "found by e-mail", "e-mail")
                 }
                 (None, Some(last4), None) => {
                     let last4 = validate::last4(&last4)?;
                     let clinic = global.open().await?;
                     let condition = patient::Entity::phone_last4_bidx_condition(last4.as_str())
                         .map_err(|e| e.to_string())?;
-                    let (rows, _) = clinic
-                        .find_patients(condition, || {
-                            patient::Entity::find_all_by_phone_last4_bidx(
-                                &clinic.db,
-                                last4.as_str(),
-                            )
-                        })
+                    let listing = clinic
+                        .find_patients(condition, |m| m.matches_phone_last4_bidx(last4.as_str()))
                         .await?;
-                    (
-                        finish_find(&clinic, rows, "found by phone last 4").await?,
-                        "phone last 4",
-                    )
+                    (listing, clinic, "found by phone last 4", "phone last 4")
                 }
                 (None, None, Some(pair)) => {
                     let [last, dob] = <[String; 2]>::try_from(pair)
@@ -144,17 +128,13 @@ pub async fn run(global: &Global, command: PatientCommand) -> Result<(), String>
                     let clinic = global.open().await?;
                     let condition = patient::Entity::name_dob_bidx_condition(last.as_str(), dob)
                         .map_err(|e| e.to_string())?;
-                    let (rows, _) = clinic
-                        .find_patients(condition, || {
-                            patient::Entity::find_all_by_name_dob_bidx(
-                                &clinic.db,
-                                last.as_str(),
-                                dob,
-                            )
-                        })
+                    let listing = clinic
+                        .find_patients(condition, |m| m.matches_name_dob_bidx(last.as_str(), dob))
                         .await?;
                     (
-                        finish_find(&clinic, rows, "found by name and date of birth").await?,
+                        listing,
+                        clinic,
+                        "found by name and date of birth",
                         "last name and date of birth",
                     )
                 }
@@ -166,16 +146,19 @@ pub async fn run(global: &Global, command: PatientCommand) -> Result<(), String>
                     );
                 }
             };
+            let rows = finish_reads(&clinic, &listing, summary).await?;
             if global.json {
-                return print_json(&rows);
+                print_json(&rows)?;
+                return listing.finish();
             }
-            if rows.is_empty() {
+            if rows.is_empty() && listing.unreadable.is_empty() {
                 say!("No patient matches that {by}.");
             } else {
                 table(&rows);
+                report_unreadable(&listing);
                 say!("{} patient(s) match by {by}.", rows.len());
             }
-            Ok(())
+            listing.finish()
         }
         PatientCommand::Update { id, fields, active } => {
             let changes = changes(fields, active)?;
@@ -200,35 +183,51 @@ pub async fn run(global: &Global, command: PatientCommand) -> Result<(), String>
                 return print_json(&report);
             }
             say!(
-                "Erased patient #{id}: its data key is destroyed, so every copy of its \
-                 encrypted data (replicas, dumps, backups) is unreadable.\n  deleted: 1 patient \
-                 row, {} note(s), {} consent record(s), {} transcript(s), 1 key\n  verified: \
-                 {} row(s) left; a stored copy of its e-mail envelope now fails to open: {}\n  \
-                 the audit trail keeps the entries about it (their details can no longer be \
-                 read).",
+                "Erased patient #{id}: its data key (patient_keys row {}, key {}) is destroyed \
+                 in this database.\n  deleted: 1 patient row, {} note(s), {} consent \
+                 record(s), {} transcript(s), 1 key row\n  verified: {} row(s) left; a stored \
+                 copy of its e-mail envelope no longer opens here: {}",
+                report.key_row,
+                report.data_key_id,
                 report.notes,
                 report.consents,
                 report.transcripts,
                 report.remaining_rows,
                 report.backup_copy_error
             );
+            say!("  not reached by this erase:");
+            for limit in &report.not_reached {
+                say!("  - {limit}");
+            }
             Ok(())
         }
     }
 }
 
-async fn finish_find(
+/// Audits the reads of the rows that opened (nothing was shown of the others) and turns
+/// them into views.
+async fn finish_reads(
     clinic: &Clinic,
-    rows: Vec<patient::Model>,
+    listing: &Listing,
     summary: &str,
 ) -> Result<Vec<PatientView>, String> {
     clinic
         .audit_reads(
             summary,
-            rows.iter().map(|m| (format!("patients#{}", m.id), m.id)),
+            listing
+                .rows
+                .iter()
+                .map(|m| (format!("patients#{}", m.id), m.id)),
         )
         .await?;
-    Ok(rows.iter().map(PatientView::from).collect())
+    Ok(listing.rows.iter().map(PatientView::from).collect())
+}
+
+/// One line per row that could not be shown, on stderr (stdout stays the table).
+fn report_unreadable(listing: &Listing) {
+    for u in &listing.unreadable {
+        eprintln!("clinic: unreadable: {}", shown(&u.reason));
+    }
 }
 
 fn new_patient(f: PatientFields) -> Result<NewPatient, String> {
@@ -260,20 +259,23 @@ fn changes(f: PatientFields, active: Option<bool>) -> Result<PatientChanges, Str
 }
 
 fn show(p: &PatientView) {
+    // Stored text is shown escaped: a value must not be able to drive the terminal.
+    let opt = |v: &Option<String>| shown(v.as_deref().unwrap_or("-")).into_owned();
     say!(
         "Patient #{}{}",
         p.id,
         if p.active { "" } else { " (inactive)" }
     );
-    say!("  name           {} {}", p.first_name, p.last_name);
-    say!("  e-mail         {}", p.email);
-    say!("  phone          {}", p.phone.as_deref().unwrap_or("-"));
-    say!("  address        {}", p.address.as_deref().unwrap_or("-"));
-    say!("  date of birth  {}", p.date_of_birth);
     say!(
-        "  history        {}",
-        p.medical_history.as_deref().unwrap_or("-")
+        "  name           {} {}",
+        shown(&p.first_name),
+        shown(&p.last_name)
     );
+    say!("  e-mail         {}", shown(&p.email));
+    say!("  phone          {}", opt(&p.phone));
+    say!("  address        {}", opt(&p.address));
+    say!("  date of birth  {}", p.date_of_birth);
+    say!("  history        {}", opt(&p.medical_history));
     say!(
         "  registered     {}   updated {}",
         p.created_at.format("%Y-%m-%d %H:%M"),
@@ -306,9 +308,9 @@ fn table(rows: &[PatientView]) {
         say!(
             "{:>6}  {:<24}  {:<32}  {:<16}  {:<10}  {}",
             p.id,
-            fit(&format!("{} {}", p.first_name, p.last_name), 24),
-            fit(&p.email, 32),
-            fit(p.phone.as_deref().unwrap_or("-"), 16),
+            fit(&shown(&format!("{} {}", p.first_name, p.last_name)), 24),
+            fit(&shown(&p.email), 32),
+            fit(&shown(p.phone.as_deref().unwrap_or("-")), 16),
             p.date_of_birth,
             if p.active { "yes" } else { "no" }
         );

@@ -33,8 +33,16 @@ pub struct Model {
     #[encrypted(blind_index(name = "email_bidx", normalize = "email", unique))]
     pub email: EncryptedString<ctx::Email>,
     pub email_bidx: Vec<u8>,
-    /// "Last 4 digits of the phone", truncated to 16 bits: many patients share a value.
-    #[encrypted(blind_index(name = "phone_last4_bidx", transform = "digits, last(4)", bits = 16))]
+    /// "Last 4 digits of the phone": 10,000 possible values, so the index keeps the 12 bits
+    /// the library's planner gives for them (`blind_index::plan(rows, 10_000)`; a test in
+    /// `commands::index` checks it). What that reveals: 4,096 index values for 10,000
+    /// last-4s, ~2.4 last-4s per index value, so rows with equal index values have one of a
+    /// few last-4s, not necessarily the same one; lookups drop the look-alikes after
+    /// decrypting. Except for the ~9% of last-4s alone in their bucket (880 of 10,000 in that
+    /// test; expected (1 − 2^-12)^9999 ≈ 8.7%): rows sharing their index value do share their
+    /// last 4 digits. At 16 bits ~86% were alone, so equal index values meant equal digits.
+    /// Changing `bits` changes every stored value: run `clinic index rebuild`.
+    #[encrypted(blind_index(name = "phone_last4_bidx", transform = "digits, last(4)", bits = 12))]
     pub phone: Option<EncryptedString<ctx::Phone>>,
     pub phone_last4_bidx: Option<Vec<u8>>,
     pub address: Option<EncryptedString<ctx::Address>>,
