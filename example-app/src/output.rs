@@ -22,6 +22,14 @@ macro_rules! say {
 }
 pub(crate) use say;
 
+/// Key ids (or any numbers) as `1, 2, 3` for a message.
+pub fn join_ids(ids: &[u32]) -> String {
+    ids.iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Text from the database or a user, made safe to print on a terminal: control characters
 /// (C0, DEL, C1) and bidirectional-override characters are shown as `\u{…}` escapes, so a
 /// stored value cannot move the cursor, recolour the screen or reorder what is printed

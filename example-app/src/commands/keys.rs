@@ -16,7 +16,7 @@ use serde::Serialize;
 use crate::clinic::{DATA_KEY_ID_BASE, db_err};
 use crate::commands::{Global, print_json};
 use crate::entities::{legacy_patient, patient_key};
-use crate::output::say;
+use crate::output::{join_ids, say};
 
 /// Columns sealed directly with the clinic key: `(table, column)`.
 const CLINIC_KEY_COLUMNS: [(&str, &str); 4] = [
@@ -89,9 +89,9 @@ pub async fn status(global: &Global) -> Result<(), String> {
     }
     say!(
         "Clinic keys loaded: {} (active: {}). Blind-index keys: {} (active: {}).",
-        join(&status.keys),
+        join_ids(&status.keys),
         status.active_key,
-        join(&status.blind_index_keys),
+        join_ids(&status.blind_index_keys),
         status
             .active_blind_index_key
             .map_or("none".to_owned(), |k| k.to_string())
@@ -144,7 +144,7 @@ pub async fn status(global: &Global) -> Result<(), String> {
         say!(
             "Blind-index key(s) {} compute no stored index value and made no audit MAC: they \
              can be removed from ENCRYPTED_COLUMNS_BLIND_INDEX_KEYS.",
-            join(&status.retirable_blind_index_keys)
+            join_ids(&status.retirable_blind_index_keys)
         );
     }
     if used.keys().any(|k| *k != status.active_key) {
@@ -152,7 +152,7 @@ pub async fn status(global: &Global) -> Result<(), String> {
     } else if !status.retirable_keys.is_empty() {
         say!(
             "Key(s) {} seal nothing any more and can be removed from ENCRYPTED_COLUMNS_KEYS.",
-            join(&status.retirable_keys)
+            join_ids(&status.retirable_keys)
         );
     } else {
         say!("Everything is sealed with the active key.");
@@ -194,7 +194,7 @@ pub async fn rotate(global: &Global, batch_size: u64) -> Result<(), String> {
         say!(
             "Key(s) {} now seal nothing: remove them from ENCRYPTED_COLUMNS_KEYS once every \
              process runs with key {} active.",
-            join(&summary.retirable_keys),
+            join_ids(&summary.retirable_keys),
             summary.active_key
         );
     }
@@ -311,11 +311,4 @@ where
         say!("  {name:<32} re-encrypted {} value(s)", report.resealed);
     }
     Ok(report)
-}
-
-fn join(ids: &[u32]) -> String {
-    ids.iter()
-        .map(u32::to_string)
-        .collect::<Vec<_>>()
-        .join(", ")
 }

@@ -6,29 +6,11 @@
 
 use std::path::Path;
 use std::process::Output;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use sea_orm::DatabaseConnection;
 
 use super::*;
-
-/// Runs one statement on a SQLite file; the database's refusal as `Err`.
-fn try_sql(path: &Path, statement: &str) -> Result<(), String> {
-    let url = format!("sqlite://{}?mode=rw", path.display());
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime")
-        .block_on(async {
-            let db = Database::connect(&url).await.expect("opens clinic.db");
-            let result = db
-                .execute_unprepared(statement)
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string());
-            db.close().await.expect("closes");
-            result
-        })
-}
 
 /// `clinic --json audit verify`: its exit status and report.
 fn verify_json(s: &Session) -> (bool, serde_json::Value) {
@@ -55,22 +37,7 @@ fn problems(report: &serde_json::Value) -> Vec<(i64, String)> {
 
 /// Adds a patient; returns its id.
 fn add_patient(s: &Session, first: &str, email: &str) -> i64 {
-    s.json(&[
-        "patient",
-        "add",
-        "--first-name",
-        first,
-        "--last-name",
-        "Chainwood",
-        "--email",
-        email,
-        "--dob",
-        "1980-05-06",
-        "--phone",
-        "+1 555 0199",
-    ])["id"]
-        .as_i64()
-        .expect("id")
+    s.add_patient(first, "Chainwood", email, &["--phone", "+1 555 0199"])
 }
 
 /// A clinic with two patients and some history: creates, an update (sealed details), reads.
@@ -609,8 +576,10 @@ fn concurrent_appends(url: &str, keys: &[(String, String)]) {
     );
 }
 
-/// A server database of the test's own, dropped at the end: (admin connection, URL builder).
-struct ServerDb {
+/// A whole server database of the test's own, with roles, for async tests (the role split
+/// needs a database, not a schema: roles are granted on its `public` schema), dropped by
+/// [`with_server_db`].
+struct OwnDatabase {
     admin: DatabaseConnection,
     base: String,
     name: String,
@@ -618,8 +587,8 @@ struct ServerDb {
     roles: Vec<String>,
 }
 
-impl ServerDb {
-    async fn create(var: &str, tag: &str) -> Option<ServerDb> {
+impl OwnDatabase {
+    async fn create(var: &str, tag: &str) -> Option<OwnDatabase> {
         let Ok(base) = std::env::var(var) else {
             eprintln!("skipped: {var} not set");
             return None;
@@ -634,7 +603,7 @@ impl ServerDb {
             .await
             .expect("connect to the test server");
         let postgres = var.contains("POSTGRES");
-        let db = ServerDb {
+        let db = OwnDatabase {
             admin,
             base,
             name,
@@ -687,7 +656,7 @@ impl ServerDb {
 }
 
 /// Runs `body`, then drops the test's database and roles whether or not `body` panicked.
-async fn with_server_db(db: ServerDb, body: impl Future<Output = ()> + Send + 'static) {
+async fn with_server_db(db: OwnDatabase, body: impl Future<Output = ()> + Send + 'static) {
     let result = tokio::spawn(body).await;
     db.drop_all().await;
     if let Err(e) = result {
@@ -726,7 +695,7 @@ async fn refused(db: &DatabaseConnection, sql: &str) -> String {
 
 #[tokio::test]
 async fn concurrent_appends_on_postgres_keep_one_chain() {
-    let Some(db) = ServerDb::create("TEST_POSTGRES_URL", "conc").await else {
+    let Some(db) = OwnDatabase::create("TEST_POSTGRES_URL", "conc").await else {
         return;
     };
     db.exec(&format!("CREATE DATABASE {}", db.name)).await;
@@ -741,7 +710,7 @@ async fn concurrent_appends_on_postgres_keep_one_chain() {
 
 #[tokio::test]
 async fn concurrent_appends_on_mariadb_keep_one_chain() {
-    let Some(db) = ServerDb::create("TEST_MYSQL_URL", "conc").await else {
+    let Some(db) = OwnDatabase::create("TEST_MYSQL_URL", "conc").await else {
         return;
     };
     db.exec(&format!("CREATE DATABASE {}", db.name)).await;
@@ -759,7 +728,7 @@ async fn concurrent_appends_on_mariadb_keep_one_chain() {
 /// switch its triggers off, and the clinic still works.
 #[tokio::test]
 async fn role_split_on_postgres_keeps_the_app_from_rewriting_the_log() {
-    let Some(mut db) = ServerDb::create("TEST_POSTGRES_URL", "roles").await else {
+    let Some(mut db) = OwnDatabase::create("TEST_POSTGRES_URL", "roles").await else {
         return;
     };
     let owner = format!("{}_owner", db.name);
@@ -885,7 +854,7 @@ async fn role_split_on_postgres_keeps_the_app_from_rewriting_the_log() {
 /// triggers, so both are refused; a plain forged insert is named by verify.
 #[tokio::test]
 async fn replace_into_is_refused_on_mariadb() {
-    let Some(db) = ServerDb::create("TEST_MYSQL_URL", "replace").await else {
+    let Some(db) = OwnDatabase::create("TEST_MYSQL_URL", "replace").await else {
         return;
     };
     db.exec(&format!("CREATE DATABASE {}", db.name)).await;

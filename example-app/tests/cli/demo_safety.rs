@@ -368,114 +368,8 @@ fn demo_with_keys_1_and_2_active_1_leaves_everything_readable() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Runs `f` to completion on a runtime of its own.
-fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime")
-        .block_on(f)
-}
-
-/// A PostgreSQL schema or MariaDB database of one test's own, dropped when the test ends
-/// (also when it fails).
-struct ServerDb {
-    admin: String,
-    name: String,
-    url: String,
-    postgres: bool,
-}
-
-impl ServerDb {
-    /// `None` (the test is skipped) when `var` is not set.
-    fn new(var: &str) -> Option<ServerDb> {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let Ok(admin) = std::env::var(var) else {
-            eprintln!("skipped: {var} not set");
-            return None;
-        };
-        let postgres = var.contains("POSTGRES");
-        let name = format!(
-            "clinic_demo_safety_{}_{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        );
-        let url = if postgres {
-            let sep = if admin.contains('?') { '&' } else { '?' };
-            format!("{admin}{sep}options=-c%20search_path%3D{name}")
-        } else {
-            let (server, _) = admin.rsplit_once('/').expect("URL with a database");
-            format!("{server}/{name}")
-        };
-        let db = ServerDb {
-            admin,
-            name,
-            url,
-            postgres,
-        };
-        if db.postgres {
-            db.exec(&format!(
-                "DROP SCHEMA IF EXISTS {0} CASCADE; CREATE SCHEMA {0}",
-                db.name
-            ));
-        } else {
-            db.exec(&format!("DROP DATABASE IF EXISTS {}", db.name));
-            db.exec(&format!("CREATE DATABASE {}", db.name));
-        }
-        Some(db)
-    }
-
-    fn exec(&self, statement: &str) {
-        block_on(async {
-            let db = Database::connect(&self.admin).await.expect("connect");
-            db.execute_unprepared(statement).await.expect(statement);
-            db.close().await.expect("close");
-        });
-    }
-
-    fn count(&self, query: &str) -> i64 {
-        block_on(async {
-            let db = Database::connect(&self.admin).await.expect("connect");
-            let row = db
-                .query_one_raw(sea_orm::Statement::from_string(
-                    db.get_database_backend(),
-                    query,
-                ))
-                .await
-                .expect(query)
-                .expect("one row");
-            let n: i64 = row.try_get_by_index(0).expect("a count");
-            db.close().await.expect("close");
-            n
-        })
-    }
-
-    /// How many tables the schema / database holds.
-    fn tables(&self) -> i64 {
-        self.count(&format!(
-            "SELECT count(*) FROM information_schema.tables WHERE table_schema = '{}'",
-            self.name
-        ))
-    }
-}
-
-impl Drop for ServerDb {
-    fn drop(&mut self) {
-        let statement = if self.postgres {
-            format!("DROP SCHEMA IF EXISTS {} CASCADE", self.name)
-        } else {
-            format!("DROP DATABASE IF EXISTS {}", self.name)
-        };
-        let _ = block_on(async {
-            let db = Database::connect(&self.admin).await?;
-            db.execute_unprepared(&statement).await?;
-            db.close().await
-        });
-    }
-}
-
 fn demo_refuses_a_non_empty_server_database(var: &str) {
-    let Some(server) = ServerDb::new(var) else {
+    let Some(server) = ServerDb::new(var, "demo_safety") else {
         return;
     };
     let name = &server.name;
@@ -518,7 +412,7 @@ fn demo_refuses_a_non_empty_mysql_database() {
 }
 
 fn demo_with_lasting_keys_on_a_server_leaves_everything_readable(var: &str) {
-    let Some(server) = ServerDb::new(var) else {
+    let Some(server) = ServerDb::new(var, "demo_safety") else {
         return;
     };
     let dir = fresh_dir("demo-lasting-server");

@@ -24,39 +24,9 @@ fn assert_refused(out: &Output, what: &str) {
     assert_eq!(stderr.trim_end().lines().count(), 1, "{what}: {stderr}");
 }
 
-/// The value of `name` in a session's environment.
-fn env_value<'e>(env: &'e [(String, String)], name: &str) -> &'e str {
-    env.iter()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.as_str())
-        .unwrap_or_else(|| panic!("{name} not set"))
-}
-
-/// `env` with `name` set to `value` (added if missing).
-fn with_var(env: &[(String, String)], name: &str, value: &str) -> Vec<(String, String)> {
-    let mut out: Vec<(String, String)> = env.iter().filter(|(k, _)| k != name).cloned().collect();
-    out.push((name.to_owned(), value.to_owned()));
-    out
-}
-
 /// Adds a patient through the CLI; returns its id.
 fn add_patient(s: &Session, first: &str, email: &str, phone: &str) -> i64 {
-    s.json(&[
-        "patient",
-        "add",
-        "--first-name",
-        first,
-        "--last-name",
-        "Hostileton",
-        "--email",
-        email,
-        "--phone",
-        phone,
-        "--dob",
-        "1980-05-06",
-    ])["id"]
-        .as_i64()
-        .expect("id")
+    s.add_patient(first, "Hostileton", email, &["--phone", phone])
 }
 
 /// How many patients `patient find` returns for `by` (e.g. `["--email", "x@example.org"]`).
@@ -423,11 +393,7 @@ fn index_rebuild_brings_indexes_of_the_old_size_up_to_date() {
             break (env, value);
         }
     };
-    let s = Session {
-        dir: fresh_dir("rebuild-size"),
-        env,
-        owned: true,
-    };
+    let s = Session::with_keys("rebuild-size", env);
     s.ok(&["init"]);
     let ada = add_patient(&s, "Ada", "ada@example.org", "+1 555 0177");
     let ben = add_patient(&s, "Ben", "ben@example.org", "+1 555 0277");

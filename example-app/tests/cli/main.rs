@@ -1,10 +1,11 @@
 //! Runs the built `clinic` binary as a user would.
 
-use std::path::PathBuf;
-use std::process::{Command, Output};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::process::Output;
 
 use sea_orm::{ConnectionTrait, Database};
+
+mod support;
+use support::*;
 
 /// The demo's generated population, reproduced from its seed.
 #[allow(dead_code)]
@@ -41,32 +42,6 @@ fn demo_plaintexts(population: u32) -> Vec<String> {
     out.sort();
     out.dedup();
     out
-}
-
-fn clinic() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_clinic"));
-    cmd.env_remove("ENCRYPTED_COLUMNS_KEYS")
-        .env_remove("ENCRYPTED_COLUMNS_ACTIVE_KEY")
-        .env_remove("ENCRYPTED_COLUMNS_BLIND_INDEX_KEYS")
-        .env_remove("ENCRYPTED_COLUMNS_ACTIVE_BLIND_INDEX_KEY")
-        .env_remove("DATABASE_URL");
-    cmd
-}
-
-fn fresh_dir(tag: &str) -> PathBuf {
-    static N: AtomicU32 = AtomicU32::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "clinic-cli-{tag}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
 }
 
 fn assert_demo_succeeded(out: &Output) {
@@ -192,15 +167,6 @@ fn demo_uses_keys_from_the_environment() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-fn assert_one_line_failure(out: &Output, needle: &str) {
-    let stderr = text(&out.stderr);
-    assert!(!out.status.success(), "should fail; stderr: {stderr}");
-    assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr}");
-    assert!(stderr.starts_with("clinic: "), "{stderr}");
-    assert!(stderr.contains(needle), "{needle:?} not in {stderr}");
-    assert!(!stderr.contains("panicked"), "{stderr}");
-}
-
 #[test]
 fn malformed_keys_fail_with_one_line_and_write_nothing() {
     let dir = fresh_dir("badkeys");
@@ -255,48 +221,21 @@ fn help_reads_well() {
 }
 
 /// Runs the demo on a server backend, in a schema/database of its own.
-async fn demo_on_server(var: &str) {
-    let Ok(base) = std::env::var(var) else {
-        eprintln!("skipped: {var} not set");
+fn demo_on_server(var: &str) {
+    let Some(server) = ServerDb::new(var, "cli_demo") else {
         return;
     };
-    let name = format!("clinic_cli_{}", std::process::id());
-    let admin = Database::connect(&base)
-        .await
-        .expect("connect to the test server");
-    let url = if var.contains("POSTGRES") {
-        admin
-            .execute_unprepared(&format!(
-                "DROP SCHEMA IF EXISTS {name} CASCADE; CREATE SCHEMA {name}"
-            ))
-            .await
-            .expect("schema");
-        let sep = if base.contains('?') { '&' } else { '?' };
-        format!("{base}{sep}options=-c%20search_path%3D{name}")
-    } else {
-        admin
-            .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name}"))
-            .await
-            .expect("drop");
-        admin
-            .execute_unprepared(&format!("CREATE DATABASE {name}"))
-            .await
-            .expect("database");
-        let (server, _) = base.rsplit_once('/').expect("URL with a database");
-        format!("{server}/{name}")
-    };
     let out = clinic()
-        .args(["demo", "--database-url", &url])
+        .args(["demo", "--database-url", &server.url])
         .output()
         .expect("runs");
     // A plain dump of what the demo stored must show none of the plaintext.
-    let dump = admin_dump(&admin, var, &name).await;
-    let cleanup = if var.contains("POSTGRES") {
-        format!("DROP SCHEMA {name} CASCADE")
-    } else {
-        format!("DROP DATABASE {name}")
-    };
-    admin.execute_unprepared(&cleanup).await.expect("cleanup");
+    let dump = block_on(async {
+        let admin = Database::connect(&server.admin)
+            .await
+            .expect("connect to the test server");
+        admin_dump(&admin, var, &server.name).await
+    });
     assert_demo_succeeded(&out);
     assert!(dump.len() > 100_000, "dump too small: {}", dump.len());
     assert_no_plaintext_in(
@@ -369,26 +308,14 @@ async fn admin_dump(admin: &sea_orm::DatabaseConnection, var: &str, name: &str) 
     out
 }
 
-#[tokio::test]
-async fn demo_on_postgres() {
-    demo_on_server("TEST_POSTGRES_URL").await;
+#[test]
+fn demo_on_postgres() {
+    demo_on_server("TEST_POSTGRES_URL");
 }
 
-#[tokio::test]
-async fn demo_on_mysql() {
-    demo_on_server("TEST_MYSQL_URL").await;
-}
-
-/// `clinic keys generate` output as (name, value) pairs.
-fn generated_keys() -> Vec<(String, String)> {
-    let out = clinic().args(["keys", "generate"]).output().expect("runs");
-    assert!(out.status.success());
-    text(&out.stdout)
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
+#[test]
+fn demo_on_mysql() {
+    demo_on_server("TEST_MYSQL_URL");
 }
 
 #[test]
@@ -554,113 +481,6 @@ fn migrate_legacy_walks_every_phase_and_refuses_steps_out_of_order() {
         );
     }
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-/// Runs one statement on a SQLite file, as an old app instance would (no envelopes).
-fn sql(path: &std::path::Path, statement: &str) {
-    let url = format!("sqlite://{}?mode=rw", path.display());
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime")
-        .block_on(async {
-            let db = Database::connect(&url).await.expect("opens clinic.db");
-            db.execute_unprepared(statement)
-                .await
-                .expect("statement runs");
-            db.close().await.expect("closes");
-        });
-}
-
-/// `SELECT count(*) …` on a SQLite file.
-fn sql_count(path: &std::path::Path, query: &str) -> i64 {
-    let url = format!("sqlite://{}?mode=ro", path.display());
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime")
-        .block_on(async {
-            let db = Database::connect(&url).await.expect("opens clinic.db");
-            let row = db
-                .query_one_raw(sea_orm::Statement::from_string(
-                    db.get_database_backend(),
-                    query,
-                ))
-                .await
-                .expect("query runs")
-                .expect("one row");
-            let n: i64 = row.try_get_by_index(0).expect("a count");
-            db.close().await.expect("closes");
-            n
-        })
-}
-
-/// A `clinic` runner bound to one directory (so `clinic.db` is its own) and one key set.
-struct Session {
-    dir: PathBuf,
-    env: Vec<(String, String)>,
-    /// Removes `dir` when dropped.
-    owned: bool,
-}
-
-impl Session {
-    fn new(tag: &str) -> Session {
-        Session {
-            dir: fresh_dir(tag),
-            env: generated_keys(),
-            owned: true,
-        }
-    }
-
-    /// The same directory with other keys.
-    fn with_env(&self, env: Vec<(String, String)>) -> Session {
-        Session {
-            dir: self.dir.clone(),
-            env,
-            owned: false,
-        }
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        let mut cmd = clinic();
-        cmd.args(args).current_dir(&self.dir);
-        for (k, v) in &self.env {
-            cmd.env(k, v);
-        }
-        cmd.output().expect("runs")
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "{args:?} failed: {}{}",
-            text(&out.stdout),
-            text(&out.stderr)
-        );
-        text(&out.stdout)
-    }
-
-    fn json(&self, args: &[&str]) -> serde_json::Value {
-        let mut with = vec!["--json"];
-        with.extend_from_slice(args);
-        let out = self.ok(&with);
-        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: not JSON ({e}): {out}"))
-    }
-
-    /// Fails with one line containing `needle`, and changes nothing the audit log shows.
-    fn refused(&self, args: &[&str], needle: &str) {
-        let out = self.run(args);
-        assert_one_line_failure(&out, needle);
-    }
-}
-
-impl Drop for Session {
-    fn drop(&mut self) {
-        if self.owned {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
-    }
 }
 
 #[test]

@@ -1,4 +1,3 @@
-//! `clinic index report`: what each blind index of `patients` reveals about the data.
 //! `clinic index rebuild`: recompute every patient's blind indexes with the active
 //! blind-index key and the current index sizes.
 
@@ -6,114 +5,20 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::str::FromStr as _;
 use std::sync::Arc;
 
-use encrypted_columns::blind_index::leakage_report;
-use encrypted_columns::{KeyId, Keyring, keyring, migrate};
+use encrypted_columns::{Keyring, keyring};
 use indicatif::{ProgressBar, ProgressStyle};
 use sea_orm::sea_query::{Expr, IntoCondition as _};
 use sea_orm::{
-    ActiveModelTrait, ActiveValue, ColumnTrait, Condition, ConnectionTrait, DatabaseConnection,
-    EntityTrait, IntoActiveModel, Iterable as _, QueryFilter, QueryOrder, QuerySelect,
-    TransactionTrait, Value,
+    ActiveModelTrait, ActiveValue, ColumnTrait, Condition, ConnectionTrait, EntityTrait,
+    IntoActiveModel, Iterable as _, QueryFilter, QueryOrder, QuerySelect, TransactionTrait, Value,
 };
 use serde::Serialize;
 
+use super::key_usage::{audit_mac_usage, blind_index_usage, retirable_blind_index_keys};
 use crate::clinic::{Clinic, db_err, duplicate_or_db_err};
 use crate::commands::{Global, print_json};
-use crate::entities::{audit_entry, patient};
-use crate::output::say;
-
-#[derive(Debug, Serialize)]
-struct IndexView {
-    index: String,
-    bits: u16,
-    unique: bool,
-    rows: u64,
-    indexed: u64,
-    distinct: u64,
-    largest_group: u64,
-    largest_share: f64,
-    entropy_bits: f64,
-    singletons: u64,
-    /// Rows a lookup of one value is expected to return that do not match (dropped after
-    /// decryption): indexed rows / 2^bits, for truncated indexes.
-    false_positives_per_lookup: f64,
-    warnings: Vec<String>,
-}
-
-/// Runs `clinic index report`.
-pub async fn report(global: &Global) -> Result<(), String> {
-    let clinic = global.open().await?;
-    let mut views = Vec::new();
-    for index in patient::Entity::blind_indexes() {
-        let report = leakage_report(&clinic.db, "patients", index.name())
-            .await
-            .map_err(db_err)?;
-        let bits = index.bit_len();
-        let false_positives_per_lookup = if bits >= 64 {
-            0.0
-        } else {
-            report.indexed as f64 / 2f64.powi(i32::from(bits))
-        };
-        views.push(IndexView {
-            index: index.name().to_owned(),
-            bits,
-            unique: index.is_unique(),
-            rows: report.rows,
-            indexed: report.indexed,
-            distinct: report.distinct,
-            largest_group: report.largest_group,
-            largest_share: report.largest_share,
-            entropy_bits: report.entropy_bits,
-            singletons: report.singletons,
-            false_positives_per_lookup,
-            warnings: report.warnings,
-        });
-    }
-    if global.json {
-        return print_json(&views);
-    }
-    say!(
-        "Blind indexes of `patients` (computed from stored index values only; nothing is decrypted):"
-    );
-    for v in &views {
-        say!(
-            "\n  {} ({} bits{}): {} of {} rows indexed, {} distinct value(s)",
-            v.index,
-            v.bits,
-            if v.unique { ", unique" } else { "" },
-            v.indexed,
-            v.rows,
-            v.distinct
-        );
-        say!(
-            "    largest group {} row(s) ({:.1}%), {:.1} bits of entropy, {} singleton(s)",
-            v.largest_group,
-            v.largest_share * 100.0,
-            v.entropy_bits,
-            v.singletons
-        );
-        if v.bits < 256 {
-            say!(
-                "    truncated: a lookup returns ~{:.2} unrelated row(s) on top of the matches, \
-                 so equal index values do not prove equal plaintexts",
-                v.false_positives_per_lookup
-            );
-        }
-        for w in &v.warnings {
-            say!("    warning: {w}");
-        }
-    }
-    say!(
-        "\nA blind index lets the database group rows with equal values: an index with few, \
-         large groups leaks frequencies. Truncated indexes blur that at the cost of false \
-         positives, which lookups drop after decrypting."
-    );
-    Ok(())
-}
-
-/// Blind-index columns outside `patients` that the clinic keeps: `(table, column)`. `clinic
-/// keys rotate` recomputes them (with the legacy table's envelopes).
-const OTHER_INDEX_COLUMNS: [(&str, &str); 1] = [("legacy_patients", "email_bidx")];
+use crate::entities::patient;
+use crate::output::{join_ids, say};
 
 /// A patient `index rebuild` could not bring up to date, and why (one line, no data).
 #[derive(Debug, Serialize)]
@@ -402,7 +307,7 @@ fn retirement_advice(s: &RebuildSummary) -> String {
         let still: Vec<u32> = still_indexing.into_iter().collect();
         out.push(format!(
             "Index values under older blind-index key(s) {} remain{}: keep those keys loaded.",
-            join(&still),
+            join_ids(&still),
             if legacy_behind.is_empty() {
                 String::new()
             } else {
@@ -418,7 +323,7 @@ fn retirement_advice(s: &RebuildSummary) -> String {
             "Blind-index key(s) {} compute no stored index value any more, but made the chain \
              MACs of audit entries, which `clinic audit verify` checks with them: keep them \
              loaded (not active) for as long as the audit log must verify.",
-            join(&only_audit)
+            join_ids(&only_audit)
         ));
     }
     if !s.retirable_blind_index_keys.is_empty() {
@@ -426,7 +331,7 @@ fn retirement_advice(s: &RebuildSummary) -> String {
             "Blind-index key(s) {} compute no stored index value and made no audit MAC: \
              remove them from ENCRYPTED_COLUMNS_BLIND_INDEX_KEYS once every process runs with \
              key {active} active.",
-            join(&s.retirable_blind_index_keys)
+            join_ids(&s.retirable_blind_index_keys)
         ));
     }
     if out.is_empty() {
@@ -438,137 +343,4 @@ fn retirement_advice(s: &RebuildSummary) -> String {
         ));
     }
     out.join(" ")
-}
-
-fn join(ids: &[u32]) -> String {
-    ids.iter()
-        .map(u32::to_string)
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-/// Stored index values per blind-index key id, for every blind index the clinic keeps
-/// (`patients` and [`OTHER_INDEX_COLUMNS`]), keyed `table.column`. Reads only each value's
-/// version byte, in the database.
-pub async fn blind_index_usage(
-    db: &DatabaseConnection,
-) -> Result<BTreeMap<String, BTreeMap<u32, u64>>, String> {
-    let mut columns: Vec<(&str, &str)> = patient::Entity::blind_indexes()
-        .iter()
-        .map(|i| ("patients", i.name()))
-        .collect();
-    columns.extend(OTHER_INDEX_COLUMNS);
-    let mut out = BTreeMap::new();
-    for (table, column) in columns {
-        let usage = migrate::index_key_usage(db, table, column)
-            .await
-            .map_err(db_err)?;
-        out.insert(
-            format!("{table}.{column}"),
-            usage.into_iter().map(|(k, n)| (k.0, n)).collect(),
-        );
-    }
-    Ok(out)
-}
-
-/// Audit entries per blind-index key id that made their chain MAC.
-pub async fn audit_mac_usage(db: &DatabaseConnection) -> Result<BTreeMap<u32, u64>, String> {
-    let rows: Vec<(Option<i32>, i64)> = audit_entry::Entity::find()
-        .select_only()
-        .column(audit_entry::Column::MacKey)
-        .column_as(audit_entry::Column::Id.count(), "n")
-        .filter(audit_entry::Column::MacKey.is_not_null())
-        .group_by(audit_entry::Column::MacKey)
-        .into_tuple()
-        .all(db)
-        .await
-        .map_err(db_err)?;
-    Ok(rows
-        .into_iter()
-        .filter_map(|(k, n)| Some((u32::try_from(k?).ok()?, u64::try_from(n).ok()?)))
-        .collect())
-}
-
-/// Loaded blind-index keys, other than the active one, that neither a stored index value
-/// (`usage`) nor an audit chain MAC (`audit`) uses.
-pub fn retirable_blind_index_keys(
-    ring: &Keyring,
-    usage: &BTreeMap<String, BTreeMap<u32, u64>>,
-    audit: &BTreeMap<u32, u64>,
-) -> Vec<u32> {
-    let active: Option<KeyId> = ring.active_blind_index_key_id();
-    ring.blind_index_key_ids()
-        .filter(|k| Some(*k) != active)
-        .filter(|k| usage.values().all(|m| m.get(&k.0).is_none_or(|n| *n == 0)))
-        .filter(|k| audit.get(&k.0).is_none_or(|n| *n == 0))
-        .map(|k| k.0)
-        .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use std::collections::HashMap;
-
-    use encrypted_columns::blind_index::{BlindIndex, IndexInput, plan};
-
-    use super::*;
-
-    /// Buckets holding exactly one of the 10,000 last-4 values "0000".."9999" under `index`,
-    /// with a fixed blind-index key (so the count is the same on every run).
-    fn lonely_last4s(index: &BlindIndex) -> usize {
-        let mut ring = Keyring::new(KeyId(1), [0x11; 32]);
-        ring.add_blind_index_key(KeyId(1), [0x5a; 32])
-            .expect("blind-index key");
-        let mut buckets: HashMap<Vec<u8>, u32> = HashMap::new();
-        for n in 0..10_000 {
-            let last4 = format!("{n:04}");
-            let value = index
-                .compute(&ring, &[Some(IndexInput::Text(&last4))])
-                .expect("computes")
-                .expect("not NULL");
-            *buckets.entry(value).or_default() += 1;
-        }
-        buckets.values().filter(|n| **n == 1).count()
-    }
-
-    /// The phone-last-4 index keeps the bits the planner gives for 10,000 possible values,
-    /// and at that size few last-4s are alone in their bucket (their index value would give
-    /// them away); at 16 bits most were.
-    #[test]
-    fn phone_last4_is_sized_by_the_planner_and_rarely_singles_a_value_out() {
-        let index = patient::Entity::phone_last4_bidx_index();
-        let planned = plan(10_000, 10_000);
-        assert_eq!(planned.bits, 12, "{planned}");
-        assert_eq!(index.bit_len(), planned.bits);
-        assert!(
-            (2.0..3.0).contains(&planned.values_per_index_value),
-            "{planned}"
-        );
-
-        // The check: at most 12% of last-4 values alone in their bucket (expected
-        // 10,000 · (1 − 2^-12)^9999 ≈ 870, 8.7%).
-        let few_alone = |alone: usize| alone <= 1_200;
-        let alone = lonely_last4s(index);
-        eprintln!("12 bits: {alone} of 10,000 last-4 values alone in their bucket");
-        assert!(few_alone(alone), "{alone} of 10,000 alone at 12 bits");
-        assert!(
-            alone >= 600,
-            "{alone}: far fewer than expected, is the key fixed?"
-        );
-
-        // The same index at the old 16 bits fails it (expected ≈ 8,585, 86%).
-        let sixteen = index
-            .parts()
-            .iter()
-            .fold(BlindIndex::new(index.table(), index.name()), |i, part| {
-                i.field(part.clone())
-            })
-            .bits(16);
-        let alone_16 = lonely_last4s(&sixteen);
-        eprintln!("16 bits: {alone_16} of 10,000 last-4 values alone in their bucket");
-        assert!(
-            !few_alone(alone_16),
-            "{alone_16} of 10,000 alone at 16 bits"
-        );
-    }
 }

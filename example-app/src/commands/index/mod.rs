@@ -1,0 +1,10 @@
+//! `clinic index`: the blind indexes of `patients`, one submodule per subcommand.
+
+mod key_usage;
+mod rebuild;
+mod report;
+
+// The key-usage counts are public because `clinic keys status` reports them too.
+pub use key_usage::{audit_mac_usage, blind_index_usage, retirable_blind_index_keys};
+pub use rebuild::rebuild;
+pub use report::report;
