@@ -46,6 +46,7 @@ pub mod blind_index;
 pub mod context;
 pub mod envelope;
 mod error;
+pub mod kek;
 pub mod keyring;
 pub mod migrate;
 pub mod schema;

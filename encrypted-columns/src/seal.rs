@@ -10,44 +10,15 @@
 //! its associated data precomputed, so sealing allocates only the output envelope.
 
 use rand::Rng as _;
-use xaes_256_gcm::aead::{AeadInOut, KeyInit};
-use xaes_256_gcm::{Nonce, Tag, Xaes256Gcm};
+use xaes_256_gcm::aead::AeadInOut;
+use xaes_256_gcm::{Nonce, Tag};
 use zeroize::Zeroizing;
 
 use crate::context::Context;
 use crate::envelope::{self, Envelope, NONCE_LEN, OVERHEAD};
 use crate::error::{Error, Result};
-use crate::keyring::{KEY_LEN, KeyId, Keyring, push_length_prefixed};
-
-/// A per-column cipher: the XAES key schedule (wiped on drop) and the associated data for
-/// envelopes sealed with it.
-pub(crate) struct ColumnCipher {
-    aead: Xaes256Gcm,
-    aad: Box<[u8]>,
-    key_id: KeyId,
-    ctx: Context,
-}
-
-impl ColumnCipher {
-    pub(crate) fn new(subkey: &Zeroizing<[u8; KEY_LEN]>, key_id: KeyId, ctx: Context) -> Self {
-        ColumnCipher {
-            aead: Xaes256Gcm::new(&(**subkey).into()),
-            aad: associated_data(key_id, ctx).into_boxed_slice(),
-            key_id,
-            ctx,
-        }
-    }
-}
-
-/// `header || lp(table) || lp(column)`, where `lp` is a u16 big-endian length prefix.
-pub(crate) fn associated_data(key_id: KeyId, ctx: Context) -> Vec<u8> {
-    let mut aad =
-        Vec::with_capacity(envelope::HEADER_LEN + 4 + ctx.table().len() + ctx.column().len());
-    aad.extend_from_slice(&envelope::header(key_id));
-    push_length_prefixed(&mut aad, ctx.table().as_bytes());
-    push_length_prefixed(&mut aad, ctx.column().as_bytes());
-    aad
-}
+use crate::keyring::Keyring;
+use crate::keyring::cache::ColumnCipher;
 
 impl Keyring {
     /// Seals `plaintext` for the column `ctx` with the active key.

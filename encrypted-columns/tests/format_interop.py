@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""Decrypts every envelope vector in FORMAT.md with Python's `cryptography` package, and
-recomputes every blind-index vector (transforms, message, HMAC, truncation), using only what
-FORMAT.md says: proof that the spec is complete enough for another language.
+"""Decrypts every envelope vector in FORMAT.md with Python's `cryptography` package,
+recomputes every blind-index vector (transforms, message, HMAC, truncation), and unwraps every
+StaticKek wrapped-key vector (§9), using only what FORMAT.md says: proof that the spec is
+complete enough for another language.
 
 Run: python3 encrypted-columns/tests/format_interop.py   (needs `pip install cryptography`)
 """
@@ -57,6 +58,23 @@ def open_envelope(roots: dict, table: str, column: str, env: bytes) -> bytes:
     column_key = derive(roots[key_id], "column-key", [table, column])
     aad = env[:5] + lp(table) + lp(column)
     return AESGCM(xaes_key(column_key, nonce)).decrypt(nonce[12:], sealed, aad)
+
+
+def wrap_aad(key_id: int, purpose: str, subject: str) -> bytes:
+    """FORMAT.md §9: format byte, domain label, u32 key id, u32-length-prefixed strings."""
+    out = b"\x01" + b"encrypted-columns/kek/v1" + struct.pack(">I", key_id)
+    for part in (purpose.encode(), subject.encode()):
+        out += struct.pack(">I", len(part)) + part
+    return out
+
+
+def static_unwrap(kek: bytes, key_id: int, purpose: str, subject: str, wrapped: bytes) -> bytes:
+    """FORMAT.md §9, StaticKek: XAES-256-GCM keyed by the KEK bytes themselves."""
+    if len(wrapped) != 73 or wrapped[0] != 1:
+        raise InvalidTag()  # the one unwrap error
+    nonce, sealed = wrapped[1:25], wrapped[25:]
+    aad = wrap_aad(key_id, purpose, subject)
+    return AESGCM(xaes_key(kek, nonce)).decrypt(nonce[12:], sealed, aad)
 
 
 def email(s: str) -> str:
@@ -143,7 +161,33 @@ def main() -> int:
     for v in blocks("blind-index"):
         assert blind_value(v) == v["value"], v["name"]
         checked += 1
-    if checked < 12:
+    wrapped_vectors = 0
+    for v in blocks("wrapped-key"):
+        kek, key_id = bytes.fromhex(v["kek"]), int(v["key id"])
+        purpose, subject = v["purpose"], v["subject"]
+        wrapped = bytes.fromhex(v["wrapped"])
+        assert wrap_aad(key_id, purpose, subject).hex() == v["aad"], v["name"]
+        assert wrapped[1:25].hex() == v["nonce"], v["name"]
+        key = static_unwrap(kek, key_id, purpose, subject, wrapped)
+        assert key == bytes.fromhex(v["key"]), v["name"]
+        # Another key id, purpose or subject, a flipped bit or a truncation must not unwrap.
+        for bad in (lambda: static_unwrap(kek, key_id + 1, purpose, subject, wrapped),
+                    lambda: static_unwrap(kek, key_id, purpose + "-other", subject, wrapped),
+                    lambda: static_unwrap(kek, key_id, purpose, subject + "x", wrapped),
+                    lambda: static_unwrap(kek, key_id, purpose, subject,
+                                          wrapped[:40] + bytes([wrapped[40] ^ 1]) + wrapped[41:]),
+                    lambda: static_unwrap(kek, key_id, purpose, subject, wrapped[:-1])):
+            try:
+                bad()
+                raise AssertionError(f"{v['name']}: tampered wrapped key unwrapped")
+            except InvalidTag:
+                pass
+        wrapped_vectors += 1
+        checked += 1
+    if wrapped_vectors < 2:
+        print(f"only {wrapped_vectors} wrapped-key vectors found in {SPEC}", file=sys.stderr)
+        return 1
+    if checked < 14:
         print(f"only {checked} vectors found in {SPEC}", file=sys.stderr)
         return 1
     print(f"{checked} passed, 0 failed")

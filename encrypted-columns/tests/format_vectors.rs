@@ -602,3 +602,171 @@ fn print_blind_index_vectors_when_asked() {
         );
     }
 }
+
+/// `WrapContext` associated data as FORMAT.md §9 describes it (u32 length prefixes, not the
+/// u16 `lp` of §1).
+fn spec_wrap_aad(key_id: u32, purpose: &str, subject: &str) -> Vec<u8> {
+    let mut aad = vec![1u8];
+    aad.extend_from_slice(b"encrypted-columns/kek/v1");
+    aad.extend_from_slice(&key_id.to_be_bytes());
+    for part in [purpose, subject] {
+        aad.extend_from_slice(&(part.len() as u32).to_be_bytes());
+        aad.extend_from_slice(part.as_bytes());
+    }
+    aad
+}
+
+/// `StaticKek` wrapping as FORMAT.md §9 describes it: XAES-256-GCM keyed by the KEK itself.
+fn spec_static_wrap(kek: &[u8; 32], nonce: &[u8; 24], key: &[u8; 32], aad: &[u8]) -> Vec<u8> {
+    let sealed = Xaes256Gcm::new(&(*kek).into())
+        .encrypt(&(*nonce).into(), Payload { msg: key, aad })
+        .expect("seal");
+    let mut wrapped = vec![1u8];
+    wrapped.extend_from_slice(nonce);
+    wrapped.extend_from_slice(&sealed);
+    wrapped
+}
+
+fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime")
+        .block_on(future)
+}
+
+#[test]
+fn static_kek_vectors_match_spec_and_library() {
+    use encrypted_columns::kek::{KekError, KeyEncryptionKey, StaticKek, WrapContext, WrappedKey};
+    let all = vectors("wrapped-key");
+    assert!(
+        all.len() >= 2,
+        "FORMAT.md must carry at least 2 StaticKek vectors"
+    );
+    assert!(
+        all.iter().any(|v| v.get("subject").is_empty()),
+        "one StaticKek vector has an empty subject"
+    );
+    for v in &all {
+        let kek: [u8; 32] = v.hex("kek").try_into().expect("32-byte kek");
+        let key_id: u32 = v.get("key id").parse().expect("key id");
+        let (purpose, subject) = (v.get("purpose"), v.get("subject"));
+        let nonce: [u8; 24] = v.hex("nonce").try_into().expect("24-byte nonce");
+        let key: [u8; 32] = v.hex("key").try_into().expect("32-byte key");
+        let expected = v.hex("wrapped");
+        assert_eq!(expected.len(), 73, "{}: wrapped length", v.name);
+
+        // Independent implementation, from the spec's words.
+        let aad = spec_wrap_aad(key_id, purpose, subject);
+        assert_eq!(hex::encode(&aad), v.get("aad"), "{}: aad", v.name);
+        assert_eq!(
+            hex::encode(spec_static_wrap(&kek, &nonce, &key, &aad)),
+            v.get("wrapped"),
+            "{}: spec wrapped",
+            v.name
+        );
+
+        // The library: unwraps through the public trait, and wraps to the same bytes.
+        let ctx = WrapContext::new(key_id, purpose, subject);
+        assert_eq!(
+            hex::encode(&aad[1..]),
+            hex::encode(ctx.associated_data()),
+            "{}: WrapContext::associated_data",
+            v.name
+        );
+        let static_kek = StaticKek::new("vector", &zeroize::Zeroizing::new(kek));
+        let provider: &dyn KeyEncryptionKey = &static_kek;
+        let wrapped = WrappedKey::from_bytes(expected.clone());
+        let unwrapped = block_on(provider.unwrap_key(&wrapped, &ctx)).expect("library unwrap");
+        assert_eq!(*unwrapped, key, "{}: library unwrap", v.name);
+        let ours = static_kek
+            .wrap_with_nonce_for_test_vectors(&key, &ctx, &nonce)
+            .expect("library wrap");
+        assert_eq!(
+            hex::encode(ours.as_bytes()),
+            v.get("wrapped"),
+            "{}: library wrap",
+            v.name
+        );
+
+        // Another key id, purpose or subject, a flipped bit or another KEK must refuse it.
+        let mut flipped = expected.clone();
+        flipped[40] ^= 1;
+        let other_kek = StaticKek::new("other", &zeroize::Zeroizing::new([0x5a; 32]));
+        let refusals = [
+            (
+                provider,
+                wrapped.clone(),
+                WrapContext::new(key_id.wrapping_add(1), purpose, subject),
+            ),
+            (
+                provider,
+                wrapped.clone(),
+                WrapContext::new(key_id, format!("{purpose}-other"), subject),
+            ),
+            (
+                provider,
+                wrapped.clone(),
+                WrapContext::new(key_id, purpose, format!("{subject}x")),
+            ),
+            (provider, WrappedKey::from_bytes(flipped), ctx.clone()),
+            (
+                &other_kek as &dyn KeyEncryptionKey,
+                wrapped.clone(),
+                ctx.clone(),
+            ),
+        ];
+        for (kek, bytes, context) in &refusals {
+            let err = block_on(kek.unwrap_key(bytes, context)).expect_err("must not unwrap");
+            assert!(matches!(err, KekError::Unwrap { .. }), "{}: {err}", v.name);
+        }
+    }
+}
+
+/// Prints StaticKek vector blocks (used to write FORMAT.md §9, not a check).
+#[test]
+fn print_static_kek_vectors_when_asked() {
+    use encrypted_columns::kek::{StaticKek, WrapContext};
+    if std::env::var_os("PRINT_VECTORS").is_none() {
+        return;
+    }
+    let kek_a: [u8; 32] = std::array::from_fn(|i| 0x80 + i as u8);
+    let kek_b: [u8; 32] = std::array::from_fn(|i| 0x3f - i as u8);
+    let key_a: [u8; 32] = std::array::from_fn(|i| 0x20 + i as u8);
+    let key_b: [u8; 32] = std::array::from_fn(|i| 0xc0 + i as u8);
+    let nonce_a: [u8; 24] = std::array::from_fn(|i| i as u8);
+    let nonce_b: [u8; 24] = std::array::from_fn(|i| 0xa0 + i as u8);
+    let cases = [
+        (
+            "encryption key, tenant",
+            kek_a,
+            1u32,
+            "encryption",
+            "clinic",
+            nonce_a,
+            key_a,
+        ),
+        (
+            "blind-index key, empty subject",
+            kek_b,
+            16_909_060,
+            "blind-index",
+            "",
+            nonce_b,
+            key_b,
+        ),
+    ];
+    for (name, kek, key_id, purpose, subject, nonce, key) in cases {
+        let ctx = WrapContext::new(key_id, purpose, subject);
+        let wrapped = StaticKek::new("vector", &zeroize::Zeroizing::new(kek))
+            .wrap_with_nonce_for_test_vectors(&key, &ctx, &nonce)
+            .expect("wrap");
+        println!(
+            "```wrapped-key\nname: {name}\nkek: {}\nkey id: {key_id}\npurpose: {purpose}\nsubject: {subject}\nnonce: {}\nkey: {}\naad: {}\nwrapped: {}\n```\n",
+            hex::encode(kek),
+            hex::encode(nonce),
+            hex::encode(key),
+            hex::encode(spec_wrap_aad(key_id, purpose, subject)),
+            hex::encode(wrapped.as_bytes())
+        );
+    }
+}

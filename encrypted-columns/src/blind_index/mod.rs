@@ -96,15 +96,13 @@ mod leakage;
 mod planner;
 pub mod transform;
 
-use hmac::{Hmac, KeyInit, Mac};
 use sea_orm::sea_query::Expr;
 use sea_orm::{ColumnTrait, Condition, DbErr};
-use sha2::Sha256;
 use zeroize::Zeroizing;
 
 use crate::context::Context;
 use crate::error::{Error, Result};
-use crate::keyring::{KEY_LEN, KeyId, Keyring};
+use crate::keyring::{KeyId, Keyring};
 
 pub use input::{IndexArg, IndexInput};
 pub use leakage::{LeakageReport, leakage_report};
@@ -113,26 +111,6 @@ pub use transform::{Pipeline, Transform};
 
 /// Largest (and default) index width: the full HMAC-SHA256 output.
 pub const MAX_BITS: u16 = 256;
-
-/// A keyed HMAC-SHA256 state for one (blind-index key, table, index), cloned per value so
-/// the key schedule runs once. The `hmac` crate's `zeroize` feature wipes it on drop.
-pub(crate) struct IndexMac(Hmac<Sha256>);
-
-impl IndexMac {
-    pub(crate) fn new(key: &Zeroizing<[u8; KEY_LEN]>) -> Self {
-        match Hmac::<Sha256>::new_from_slice(key.as_slice()) {
-            Ok(mac) => IndexMac(mac),
-            // HMAC takes keys of any length.
-            Err(_) => unreachable!("HMAC accepts 32-byte keys"),
-        }
-    }
-
-    fn tag(&self, message: &[u8]) -> [u8; 32] {
-        let mut mac = self.0.clone();
-        mac.update(message);
-        mac.finalize().into_bytes().into()
-    }
-}
 
 /// The definition of one blind index: where it lives, how each input is normalized, and how
 /// many bits are kept.
