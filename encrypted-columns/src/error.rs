@@ -38,6 +38,17 @@ pub enum Error {
     )]
     NoKeyring,
 
+    /// [`keyring::require_scope`](crate::keyring::require_scope) was called, and a value was
+    /// sealed, opened or looked up outside any `keyring::scope`, e.g. in a task started with
+    /// `tokio::spawn`, which does not carry its parent's scope. Nothing was sealed or read.
+    #[error(
+        "no keyring scope here, and `keyring::require_scope()` forbids falling back to the \
+         installed keyring: run this inside `encrypted_columns::keyring::scope(keyring, …)` (or \
+         `scope_sync`), and start tasks with `keyring::spawn_scoped` (or wrap them in \
+         `keyring::in_current_scope`) instead of `tokio::spawn`, which does not carry a scope"
+    )]
+    ScopeRequired,
+
     /// An envelope names a key id this keyring does not hold.
     #[error(
         "key id {id} is not in the keyring: the value was sealed with key {id}; add that key \

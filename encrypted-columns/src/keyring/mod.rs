@@ -41,6 +41,9 @@ mod subkeys;
 
 pub use env::{ENV_ACTIVE_BLIND_INDEX_KEY, ENV_ACTIVE_KEY, ENV_BLIND_INDEX_KEYS, ENV_KEYS};
 pub use id::KeyId;
-pub use install::{current, install, scope, scope_sync, uninstall};
+pub use install::{
+    current, in_current_scope, install, require_scope, scope, scope_required, scope_sync,
+    spawn_blocking_scoped, spawn_scoped, uninstall,
+};
 pub use material::{KEY_LEN, generate_key, generate_key_entry};
 pub use ring::Keyring;
