@@ -18,7 +18,7 @@ use sea_orm::{
 };
 use tracing::info;
 
-use super::rows::{self, RawPatient};
+use super::rows::{self, RawPatient, bound_to};
 use super::{Clinic, Res, db_err, seal_err};
 use crate::entities::{
     audit_entry, clinical_note, consent_record, patient, patient_key, transcript,
@@ -267,7 +267,7 @@ async fn stray_envelopes(
     let id = raw.id;
     let mut strays = Vec::new();
     let mut check = |what: String, bytes: &[u8]| {
-        if key_id_of(bytes).ok() != Some(expected) {
+        if bound_to(bytes, expected).is_err() {
             strays.push(what);
         }
     };

@@ -126,6 +126,8 @@ impl Clinic {
     }
 
     /// The `patient_keys` row of patient `id`, or a clear error if there is no such patient.
+    /// A `key_id` no data key can have (outside 1..=i32::MAX) is refused here, even when the
+    /// caller has nothing to open: it is a damaged or tampered row, not a patient without data.
     pub async fn key_row_of<C: ConnectionTrait>(&self, db: &C, id: i32) -> Res<i32> {
         let row: Option<i32> = patient::Entity::find_by_id(id)
             .select_only()
@@ -134,6 +136,9 @@ impl Clinic {
             .one(db)
             .await
             .map_err(db_err)?;
-        row.ok_or_else(|| format!("no patient with id {id} (see `clinic patient list`)"))
+        let row =
+            row.ok_or_else(|| format!("no patient with id {id} (see `clinic patient list`)"))?;
+        data_key_id(row).map_err(|e| format!("patient {id}: {e}"))?;
+        Ok(row)
     }
 }

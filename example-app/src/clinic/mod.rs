@@ -33,7 +33,7 @@ use sea_orm::{ConnectionTrait, DatabaseConnection, DbErr};
 use crate::entities::patient;
 
 pub use keys::{DATA_KEY_ID_BASE, data_key_id, key_row_of_id};
-pub use rows::Listing;
+pub use rows::{Listing, Unbound, bound_to};
 
 /// A failure with one line a person can act on.
 pub type Res<T> = Result<T, String>;

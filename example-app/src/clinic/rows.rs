@@ -8,7 +8,7 @@
 //! fails is reported by id with the reason, and the other rows are still shown.
 
 use chrono::{DateTime, NaiveDate, Utc};
-use encrypted_columns::envelope::key_id_of;
+use encrypted_columns::envelope::{EnvelopeError, key_id_of};
 use encrypted_columns::{ColumnContext, Encrypted, KeyId, Keyring, Plaintext};
 use sea_orm::{EntityTrait, FromQueryResult, QuerySelect, Select};
 
@@ -135,17 +135,34 @@ impl RawPatient {
     }
 }
 
+/// Why an envelope is not bound to the data key its row names.
+#[derive(Debug)]
+pub enum Unbound {
+    /// Not even an envelope header.
+    NotAnEnvelope(EnvelopeError),
+    /// An envelope sealed with this other key.
+    OtherKey(KeyId),
+}
+
+/// The binding check of every place that reads several patients with one keyring (rows,
+/// audit details, erasure): `bytes` must be an envelope sealed with `expected`.
+pub fn bound_to(bytes: &[u8], expected: KeyId) -> Result<(), Unbound> {
+    match key_id_of(bytes) {
+        Err(e) => Err(Unbound::NotAnEnvelope(e)),
+        Ok(found) if found != expected => Err(Unbound::OtherKey(found)),
+        Ok(_) => Ok(()),
+    }
+}
+
 /// Refuses an envelope of patient `id` whose header names a key other than `expected`.
 pub fn check_bound(id: i32, column: &str, bytes: &[u8], expected: KeyId) -> Result<(), String> {
-    let found =
-        key_id_of(bytes).map_err(|e| format!("patient {id}: {column} is not an envelope: {e}"))?;
-    if found != expected {
-        return Err(format!(
+    bound_to(bytes, expected).map_err(|unbound| match unbound {
+        Unbound::NotAnEnvelope(e) => format!("patient {id}: {column} is not an envelope: {e}"),
+        Unbound::OtherKey(found) => format!(
             "patient {id}: {column} is sealed with key {found}, not this patient's data key \
              {expected}: the value belongs to another record or the row was tampered with"
-        ));
-    }
-    Ok(())
+        ),
+    })
 }
 
 fn open<T: Plaintext, C: ColumnContext>(

@@ -12,12 +12,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use encrypted_columns::envelope::key_id_of;
 use encrypted_columns::{EncryptedString, Keyring};
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 use serde::Serialize;
 
-use crate::clinic::{Clinic, data_key_id, db_err, seal_err};
+use crate::clinic::{Clinic, Unbound, bound_to, data_key_id, db_err, seal_err};
 use crate::commands::patient::fit;
 use crate::commands::{Global, print_json};
 use crate::entities::audit_entry;
@@ -183,17 +182,16 @@ impl Keys {
         }
         let damaged = |message: String| Unreadable::new(Reason::Damaged, message);
         let expected = data_key_id(key_row).map_err(damaged)?;
-        let sealed_with =
-            key_id_of(&bytes).map_err(|e| damaged(format!("damaged envelope: {e}")))?;
-        if sealed_with != expected {
-            return Err(Unreadable::new(
+        bound_to(&bytes, expected).map_err(|unbound| match unbound {
+            Unbound::NotAnEnvelope(e) => damaged(format!("damaged envelope: {e}")),
+            Unbound::OtherKey(sealed_with) => Unreadable::new(
                 Reason::SealedWithOtherKey,
                 format!(
                     "sealed with another patient's key (key id {sealed_with}, not patient \
                      #{patient_id}'s {expected})"
                 ),
-            ));
-        }
+            ),
+        })?;
         let ring = match &self.rings {
             Rings::All(ring) => ring,
             Rings::PerRow(rings) => match rings.get(&key_row) {

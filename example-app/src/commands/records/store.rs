@@ -14,16 +14,14 @@ pub(super) fn required(name: &str, value: String) -> Result<String, String> {
     crate::validate::required(name, Some(value))
 }
 
-/// Patient `patient`'s `patient_keys` row and a ring that opens its records. A `key_id` no
-/// data key can have (outside 1..=i32::MAX) is refused here, even when there is nothing to
-/// open: it is a damaged or tampered row, not a patient without records.
+/// Patient `patient`'s `patient_keys` row and a ring that opens its records (a damaged
+/// `key_id` is refused by `key_row_of`, even when there is nothing to open).
 pub(super) async fn patient_ring<C: sea_orm::ConnectionTrait>(
     clinic: &Clinic,
     db: &C,
     patient: i32,
 ) -> Result<(i32, Arc<Keyring>), String> {
     let key_row = clinic.key_row_of(db, patient).await?;
-    crate::clinic::data_key_id(key_row).map_err(|e| format!("patient {patient}: {e}"))?;
     Ok((key_row, clinic.reading_ring(db, [key_row]).await?))
 }
 
