@@ -81,6 +81,41 @@ pub trait KeyEncryptionKey: Send + Sync + fmt::Debug {
         wrapped: &'a WrappedKey,
         context: &'a WrapContext,
     ) -> KekFuture<'a, Zeroizing<[u8; WRAPPED_KEY_LEN]>>;
+
+    /// A fresh random 32-byte key and its wrapping under this KEK, bound to `context`.
+    ///
+    /// The default draws the key from the operating system's CSPRNG and calls
+    /// [`wrap_key`](Self::wrap_key); providers that generate keys themselves (a KMS's
+    /// `GenerateDataKey`) override it.
+    fn generate_key<'a>(
+        &'a self,
+        context: &'a WrapContext,
+    ) -> KekFuture<'a, (Zeroizing<[u8; WRAPPED_KEY_LEN]>, WrappedKey)> {
+        Box::pin(async move {
+            let mut key = Zeroizing::new([0u8; WRAPPED_KEY_LEN]);
+            rand::rng().fill_bytes(key.as_mut_slice());
+            let wrapped = self.wrap_key(&key, context).await?;
+            Ok((key, wrapped))
+        })
+    }
+
+    /// Re-wraps a key wrapped by this KEK under `to` (another KEK of this provider or of any
+    /// other), with the same `context`: KEK rotation, which never touches data.
+    ///
+    /// The default unwraps here and wraps with `to`, so the key passes through this process's
+    /// memory (wiped afterwards); providers that can re-encrypt without releasing the key (a
+    /// KMS's `ReEncrypt`) override it for their own destinations.
+    fn rewrap_key<'a>(
+        &'a self,
+        wrapped: &'a WrappedKey,
+        context: &'a WrapContext,
+        to: &'a dyn KeyEncryptionKey,
+    ) -> KekFuture<'a, WrappedKey> {
+        Box::pin(async move {
+            let key = self.unwrap_key(wrapped, context).await?;
+            to.wrap_key(&key, context).await
+        })
+    }
 }
 
 /// What a wrapped key is bound to: its key id, purpose and subject.
@@ -496,6 +531,21 @@ mod tests {
         assert_eq!(*block_on(b.unwrap_key(&parsed, &ctx())).unwrap(), [1u8; 32]);
         assert!(!format!("{a:?}").contains("aead"));
         assert_eq!(format!("{wrapped:?}"), "WrappedKey(73 bytes)");
+    }
+
+    #[test]
+    fn kek_default_generate_and_rewrap_move_a_key_between_keks() {
+        let old = StaticKek::generate("old");
+        let new = StaticKek::generate("new");
+        let (key, wrapped) = block_on(old.generate_key(&ctx())).unwrap();
+        assert_ne!(*key, [0u8; 32]);
+        assert_eq!(*block_on(old.unwrap_key(&wrapped, &ctx())).unwrap(), *key);
+        let moved = block_on(old.rewrap_key(&wrapped, &ctx(), &new)).unwrap();
+        assert_eq!(*block_on(new.unwrap_key(&moved, &ctx())).unwrap(), *key);
+        assert!(block_on(old.unwrap_key(&moved, &ctx())).is_err());
+        // A rewrap that cannot unwrap fails with the source KEK named, and wraps nothing.
+        let err = block_on(new.rewrap_key(&wrapped, &ctx(), &old)).unwrap_err();
+        assert_eq!((err.provider(), err.kek_id()), ("static", "new"));
     }
 
     #[test]
