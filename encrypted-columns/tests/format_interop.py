@@ -184,6 +184,18 @@ def main() -> int:
                 pass
         wrapped_vectors += 1
         checked += 1
+    kcv_vectors = 0
+    for v in blocks("key-check-value"):
+        names = [v["purpose"], str(int(v["key id"]))]
+        info = b"key-check-value\x00" + b"".join(lp(n) for n in names)
+        assert info.hex() == v["info"], v["name"]
+        kcv = derive(bytes.fromhex(v["root key"]), "key-check-value", names)[:16]
+        assert kcv.hex() == v["check value"], v["name"]
+        kcv_vectors += 1
+        checked += 1
+    if kcv_vectors < 3:
+        print(f"only {kcv_vectors} key-check-value vectors found in {SPEC}", file=sys.stderr)
+        return 1
     if wrapped_vectors < 2:
         print(f"only {wrapped_vectors} wrapped-key vectors found in {SPEC}", file=sys.stderr)
         return 1

@@ -770,3 +770,56 @@ fn print_static_kek_vectors_when_asked() {
         );
     }
 }
+
+#[test]
+fn key_check_value_vectors_match_spec_and_library() {
+    use encrypted_columns::keyring::{KeyPurpose, check_value};
+    let all = vectors("key-check-value");
+    assert!(
+        all.len() >= 3,
+        "FORMAT.md must carry a KCV vector per purpose"
+    );
+    for v in &all {
+        let root: [u8; 32] = v.hex("root key").try_into().expect("32-byte key");
+        let id: u32 = v.get("key id").parse().expect("key id");
+        let purpose = v.get("purpose");
+        // Independent implementation, from the spec's words.
+        let mut info = b"key-check-value".to_vec();
+        info.push(0);
+        lp(&mut info, purpose);
+        lp(&mut info, &id.to_string());
+        assert_eq!(hex::encode(&info), v.get("info"), "{}: info", v.name);
+        let okm = spec_derive(&root, "key-check-value", &[purpose, &id.to_string()]);
+        assert_eq!(
+            hex::encode(&okm[..16]),
+            v.get("check value"),
+            "{}: spec",
+            v.name
+        );
+        // The library, through the free function and a keyring holding the key.
+        let purpose = KeyPurpose::parse(purpose).expect("known purpose");
+        let ours = check_value(purpose, KeyId(id), &root);
+        assert_eq!(
+            ours.to_string(),
+            v.get("check value"),
+            "{}: library",
+            v.name
+        );
+        let mut ring = Keyring::new(KeyId(id), root);
+        if purpose == KeyPurpose::BlindIndex {
+            ring = Keyring::new(KeyId(id.wrapping_add(1000)), [0x11; 32]);
+            ring.add_blind_index_key(KeyId(id), root)
+                .expect("blind-index key");
+        }
+        if purpose != KeyPurpose::Subject {
+            assert_eq!(
+                ring.check_value(purpose, KeyId(id)),
+                Some(ours),
+                "{}",
+                v.name
+            );
+        }
+        // Another id or purpose gives another value.
+        assert_ne!(check_value(purpose, KeyId(id ^ 1), &root), ours);
+    }
+}

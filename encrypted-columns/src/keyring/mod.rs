@@ -32,6 +32,7 @@
 // Nothing here imports `seal` or `blind_index`: they import the keyring.
 
 pub(crate) mod cache;
+mod check_value;
 mod env;
 pub(crate) mod id;
 mod install;
@@ -39,6 +40,7 @@ mod material;
 mod ring;
 mod subkeys;
 
+pub use check_value::{CHECK_VALUE_LEN, CheckValue, KeyPurpose, check_value};
 pub use env::{ENV_ACTIVE_BLIND_INDEX_KEY, ENV_ACTIVE_KEY, ENV_BLIND_INDEX_KEYS, ENV_KEYS};
 pub use id::KeyId;
 pub use install::{
