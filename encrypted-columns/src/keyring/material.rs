@@ -16,6 +16,7 @@ pub const KEY_LEN: usize = 32;
 pub(crate) const HKDF_SALT: &[u8] = b"encrypted-columns/v1";
 pub(super) const LABEL_COLUMN_KEY: &[u8] = b"column-key";
 pub(super) const LABEL_BLIND_INDEX_KEY: &[u8] = b"blind-index-key";
+pub(super) const LABEL_TENANT_BLIND_INDEX_KEY: &[u8] = b"tenant-blind-index-key";
 
 /// 32 bytes of root key material, wiped on drop, never printed.
 #[derive(Clone)]
