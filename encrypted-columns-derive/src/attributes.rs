@@ -4,6 +4,7 @@
 use proc_macro2::{Span, TokenStream};
 use quote::quote;
 use syn::meta::ParseNestedMeta;
+use syn::spanned::Spanned;
 use syn::{Attribute, Ident, LitInt, LitStr, Path};
 
 /// Struct-level settings.
@@ -34,6 +35,8 @@ pub struct IndexDef {
     pub parts: Vec<PartDef>,
     pub bits: Option<LitInt>,
     pub unique: bool,
+    /// `scope(col, ..)`: plain fields that scope the UNIQUE constraint (e.g. the tenant).
+    pub scope: Vec<Ident>,
     pub span: Span,
 }
 
@@ -142,6 +145,8 @@ fn parse_index(meta: &ParseNestedMeta<'_>, compound: bool) -> syn::Result<IndexD
     let mut name = None;
     let mut bits = None;
     let mut unique = false;
+    let mut scope: Vec<Ident> = Vec::new();
+    let mut scope_span = None;
     let mut single = PartDef {
         field: None,
         transforms: Vec::new(),
@@ -158,6 +163,18 @@ fn parse_index(meta: &ParseNestedMeta<'_>, compound: bool) -> syn::Result<IndexD
             "name" => name = Some(inner.value()?.parse::<LitStr>()?),
             "bits" => bits = Some(inner.value()?.parse::<LitInt>()?),
             "unique" => unique = true,
+            "scope" => {
+                scope_span.get_or_insert(inner.path.span());
+                inner.parse_nested_meta(|column| match column.path.get_ident() {
+                    Some(ident) if !column.input.peek(syn::Token![=]) => {
+                        scope.push(ident.clone());
+                        Ok(())
+                    }
+                    _ => Err(column.error(
+                        "`scope(..)` lists plain fields of this struct, e.g. `scope(tenant_id)`",
+                    )),
+                })?;
+            }
             "transform" | "normalize" if !compound => {
                 let lit: LitStr = inner.value()?.parse()?;
                 single.transforms.extend(parse_pipeline(&lit)?);
@@ -180,9 +197,10 @@ fn parse_index(meta: &ParseNestedMeta<'_>, compound: bool) -> syn::Result<IndexD
             _ => {
                 let expected = if compound {
                     "`name`, `field = \"..\"` or `field(name = \"..\", transform = \"..\")`, \
-                     `bits`, `unique`"
+                     `bits`, `unique`, `scope(..)`"
                 } else {
-                    "`name`, `transform` (or `normalize`), `transform_fn`, `bits`, `unique`"
+                    "`name`, `transform` (or `normalize`), `transform_fn`, `bits`, `unique`, \
+                     `scope(..)`"
                 };
                 return Err(inner.error(format!("unknown blind-index key; expected {expected}")));
             }
@@ -196,6 +214,22 @@ fn parse_index(meta: &ParseNestedMeta<'_>, compound: bool) -> syn::Result<IndexD
              that stores it",
         )
     })?;
+    if let Some(scope_span) = scope_span {
+        if !unique {
+            return Err(syn::Error::new(
+                scope_span,
+                "`scope(..)` scopes a UNIQUE constraint (one value per tenant instead of one per \
+                 table): add `unique`, or drop `scope(..)` (a non-unique index needs no scope; \
+                 filter lookups with `find_all_by_<index>_where`)",
+            ));
+        }
+        if scope.is_empty() {
+            return Err(syn::Error::new(
+                scope_span,
+                "`scope(..)` needs at least one field, e.g. `scope(tenant_id)`",
+            ));
+        }
+    }
     if compound {
         if parts.len() < 2 {
             return Err(syn::Error::new(
@@ -230,6 +264,7 @@ fn parse_index(meta: &ParseNestedMeta<'_>, compound: bool) -> syn::Result<IndexD
         parts,
         bits,
         unique,
+        scope,
         span,
     })
 }

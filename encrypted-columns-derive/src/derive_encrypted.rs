@@ -248,6 +248,8 @@ struct Resolved<'a> {
     def: IndexDef,
     target: &'a FieldInfo,
     parts: Vec<(&'a FieldInfo, PartDef)>,
+    /// The plain fields of `scope(..)`, in order.
+    scope: Vec<&'a FieldInfo>,
 }
 
 fn resolve_indexes(
@@ -338,7 +340,63 @@ fn resolve_indexes(
                 ),
             ));
         }
-        out.push(Resolved { def, target, parts });
+        let scope = resolve_scope(fields, &def, target)?;
+        out.push(Resolved {
+            def,
+            target,
+            parts,
+            scope,
+        });
+    }
+    Ok(out)
+}
+
+/// The fields of an index's `scope(..)`: plain columns of this struct, not its own column,
+/// and the index column not `#[sea_orm(unique)]` (which would keep it unique table-wide).
+fn resolve_scope<'a>(
+    fields: &'a [FieldInfo],
+    def: &IndexDef,
+    target: &FieldInfo,
+) -> syn::Result<Vec<&'a FieldInfo>> {
+    let name = def.name.value();
+    if let (false, Some(span)) = (def.scope.is_empty(), target.sea_orm_unique) {
+        return Err(syn::Error::new(
+            span,
+            format!(
+                "`{name}` is unique per `scope(..)`: drop `#[sea_orm(unique)]`, which would make \
+                 it unique across the whole table; create the composite index with \
+                 `Entity::scoped_unique_indexes()` (or `migrate::schema::add_blind_index_column`)"
+            ),
+        ));
+    }
+    let mut out = Vec::new();
+    for column in &def.scope {
+        let wanted = unraw(column);
+        let field = fields
+            .iter()
+            .find(|f| unraw(&f.ident) == wanted)
+            .ok_or_else(|| {
+                syn::Error::new(
+                    column.span(),
+                    format!("`scope({wanted})`: `{wanted}` is not a field of this struct"),
+                )
+            })?;
+        if field.marker.is_some() || wanted == name {
+            return Err(syn::Error::new(
+                column.span(),
+                format!(
+                    "`scope({wanted})`: a scope column must be a plain (unencrypted) column such \
+                     as a tenant id, compared as stored"
+                ),
+            ));
+        }
+        if out.iter().any(|f: &&FieldInfo| f.ident == field.ident) {
+            return Err(syn::Error::new(
+                column.span(),
+                format!("`scope(..)` lists `{wanted}` twice"),
+            ));
+        }
+        out.push(field);
     }
     Ok(out)
 }
@@ -351,6 +409,7 @@ fn index_helpers(table: &LitStr, indexes: &[Resolved<'_>]) -> TokenStream {
     let mut fill_steps = Vec::new();
     let mut spec_fns = Vec::new();
     let mut unique_columns = Vec::new();
+    let mut scoped_uniques = Vec::new();
 
     for index in indexes {
         let name = &index.def.name;
@@ -361,6 +420,8 @@ fn index_helpers(table: &LitStr, indexes: &[Resolved<'_>]) -> TokenStream {
         let find_all_fn = format_ident!("find_all_by_{}", name_str);
         let find_one_fn = format_ident!("find_one_by_{}", name_str);
         let condition_fn = format_ident!("{}_condition", name_str);
+        let find_all_where_fn = format_ident!("find_all_by_{}_where", name_str);
+        let find_one_where_fn = format_ident!("find_one_by_{}_where", name_str);
         let matches_fn = format_ident!("matches_{}", name_str);
         let column_variant = format_ident!("{}", name_str.to_upper_camel_case());
         let span = index.def.span;
@@ -378,12 +439,29 @@ fn index_helpers(table: &LitStr, indexes: &[Resolved<'_>]) -> TokenStream {
         if index.def.unique {
             unique_columns.push(name_str.clone());
         }
+        // Scope columns by their SeaORM column name, which `#[sea_orm(column_name)]` may rename.
+        let scope_variants = index
+            .scope
+            .iter()
+            .map(|f| format_ident!("{}", unraw(&f.ident).to_upper_camel_case()));
+        let scope = quote!(#(.scoped_by(::sea_orm::IdenStatic::as_str(&Column::#scope_variants)))*);
+        if !index.scope.is_empty() {
+            scoped_uniques.push(quote! {
+                if let ::std::option::Option::Some(statement) = #ec::schema::unique_index(
+                    ::sea_orm::EntityName::table_name(&Entity),
+                    ::sea_orm::IdenStatic::as_str(&Column::#column_variant),
+                    Self::#spec_fn(),
+                ) {
+                    statements.push(statement);
+                }
+            });
+        }
         let doc_spec = format!("The definition of blind index `{name_str}`.");
         spec_fns.push(quote_spanned! {span=>
             #[doc = #doc_spec]
             pub fn #spec_fn() -> &'static #bi::BlindIndex {
                 static INDEX: ::std::sync::LazyLock<#bi::BlindIndex> = ::std::sync::LazyLock::new(|| {
-                    #bi::BlindIndex::new(#table, #name) #(.field(#pipelines))* #bits #unique
+                    #bi::BlindIndex::new(#table, #name) #(.field(#pipelines))* #bits #unique #scope
                 });
                 &INDEX
             }
@@ -413,6 +491,16 @@ fn index_helpers(table: &LitStr, indexes: &[Resolved<'_>]) -> TokenStream {
         let doc_find_all = "Every row whose indexed field(s) normalize to the same value as the \
                             arguments (blind-index lookup, false positives removed by \
                             decrypting and comparing).";
+        let doc_find_all_where = format!(
+            "Like `{find_all_fn}`, with `filter` (e.g. `Column::TenantId.eq(tenant)`, or a \
+             `Condition`) ANDed with the blind-index condition in SQL; false positives are \
+             removed by decrypting and comparing, as there.\n\n\
+             A matched row sealed under a key that the keyring in force does not hold fails the \
+             lookup with `Error::LookupKeyMissing`, which does not name the key id: such a row \
+             means the filter let another tenant's rows through (naming its key would reveal \
+             that the value exists there) or this tenant's keyring lacks one of its keys (and \
+             answering \"no match\" would hide one of its rows)."
+        );
         entity_items.push(quote! {
             #[doc = #doc_find]
             pub fn #find_fn(#(#arg_decls),*) -> ::std::result::Result<::sea_orm::Select<Entity>, #ec::Error> {
@@ -441,6 +529,31 @@ fn index_helpers(table: &LitStr, indexes: &[Resolved<'_>]) -> TokenStream {
             #[doc = concat!("The first row `", stringify!(#find_all_fn), "` would return.")]
             pub async fn #find_one_fn<C: ::sea_orm::ConnectionTrait>(db: &C, #(#arg_decls2),*) -> ::std::result::Result<::std::option::Option<Model>, ::sea_orm::DbErr> {
                 Ok(Self::#find_all_fn(db, #(#arg_refs),*).await?.into_iter().next())
+            }
+
+            #[doc = #doc_find_all_where]
+            // The filter comes on top of one argument per indexed field.
+            #[allow(clippy::too_many_arguments)]
+            pub async fn #find_all_where_fn<C: ::sea_orm::ConnectionTrait>(db: &C, filter: impl ::sea_orm::sea_query::IntoCondition, #(#arg_decls2),*) -> ::std::result::Result<::std::vec::Vec<Model>, ::sea_orm::DbErr> {
+                let condition = Self::#condition_fn(#(#arg_refs),*)?
+                    .add(::sea_orm::sea_query::IntoCondition::into_condition(filter));
+                let candidates = ::sea_orm::QueryFilter::filter(<Entity as ::sea_orm::EntityTrait>::find(), condition)
+                    .all(db)
+                    .await
+                    .map_err(|err| #ec::__private::lookup_error(Self::#spec_fn(), err))?;
+                let mut found = ::std::vec::Vec::with_capacity(candidates.len());
+                for row in candidates {
+                    if row.#matches_fn(#(#arg_refs),*)? {
+                        found.push(row);
+                    }
+                }
+                Ok(found)
+            }
+
+            #[doc = concat!("The first row `", stringify!(#find_all_where_fn), "` would return.")]
+            #[allow(clippy::too_many_arguments)]
+            pub async fn #find_one_where_fn<C: ::sea_orm::ConnectionTrait>(db: &C, filter: impl ::sea_orm::sea_query::IntoCondition, #(#arg_decls2),*) -> ::std::result::Result<::std::option::Option<Model>, ::sea_orm::DbErr> {
+                Ok(Self::#find_all_where_fn(db, filter, #(#arg_refs),*).await?.into_iter().next())
             }
         });
 
@@ -525,6 +638,18 @@ fn index_helpers(table: &LitStr, indexes: &[Resolved<'_>]) -> TokenStream {
             /// the typed [`Error::Duplicate`](::encrypted_columns::Error::Duplicate) naming it.
             pub fn unique_violation(err: &::sea_orm::DbErr) -> ::std::option::Option<#ec::Error> {
                 #bi::unique_violation(err, #table, &[#(#unique_lits),*])
+            }
+
+            /// The composite UNIQUE indexes of this entity's blind indexes declared
+            /// `unique, scope(..)`: over the scope columns then the index column, named
+            /// `{table}_{column}` ([`schema::unique_index`](::encrypted_columns::schema::unique_index)).
+            /// Run them after creating the table from the entity (SeaORM's `Schema` does not
+            /// know them); empty if no index is scoped.
+            pub fn scoped_unique_indexes() -> ::std::vec::Vec<::sea_orm::sea_query::IndexCreateStatement> {
+                #[allow(unused_mut)]
+                let mut statements = ::std::vec::Vec::new();
+                #(#scoped_uniques)*
+                statements
             }
 
             #(#entity_items)*

@@ -149,6 +149,25 @@ pub enum Error {
         problem: String,
     },
 
+    /// A filtered blind-index lookup (`find_all_by_<index>_where` and friends) matched a row
+    /// sealed under a key that the keyring in force does not hold, so it could neither return
+    /// the row nor rule it out. Either the lookup's filter lets through rows of another
+    /// tenant, or this tenant's keyring lacks one of its own keys (a removed or not yet
+    /// deployed key). Reporting "no match" instead could hide a row of this tenant; naming the
+    /// key id, as [`Error::UnknownKeyId`] does, could reveal that another tenant holds the
+    /// value. So this error names neither the key nor the row.
+    #[error(
+        "{table}.{index}: a row matched by this lookup is sealed under a key that the keyring \
+         in force does not hold; check that the lookup's filter restricts it to this tenant's \
+         rows and that this tenant's keyring holds all of its keys"
+    )]
+    LookupKeyMissing {
+        /// Logical table of the index.
+        table: &'static str,
+        /// The blind index looked up.
+        index: &'static str,
+    },
+
     /// An insert or update was refused by the UNIQUE constraint on a blind index: another
     /// row already holds the same (normalized) value. Nothing was written.
     #[error(

@@ -37,3 +37,17 @@ pub fn required(index: &BlindIndex, value: Option<Vec<u8>>) -> Result<Vec<u8>> {
             .into(),
     })
 }
+
+/// The error of a filtered lookup (`find_all_by_<index>_where`): a candidate row sealed under
+/// a key the keyring in force lacks becomes [`Error::LookupKeyMissing`], which names neither
+/// the key id nor the row (see its documentation for why); any other error is kept.
+pub fn lookup_error(index: &BlindIndex, err: sea_orm::DbErr) -> sea_orm::DbErr {
+    match Error::from_db_err(&err) {
+        Some(Error::UnknownKeyId { .. }) => Error::LookupKeyMissing {
+            table: index.table(),
+            index: index.name(),
+        }
+        .into(),
+        _ => err,
+    }
+}

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Decrypts every envelope vector in FORMAT.md with Python's `cryptography` package,
-recomputes every blind-index vector (transforms, message, HMAC, truncation), and unwraps every
+recomputes every blind-index vector (transforms, message, HMAC, truncation) and tenant
+blind-index key derivation, and unwraps every
 StaticKek wrapped-key vector (§9), using only what FORMAT.md says: proof that the spec is
 complete enough for another language.
 
@@ -158,6 +159,12 @@ def main() -> int:
         key = derive(bytes.fromhex(v["root key"]), "blind-index-key", [v["table"], v["index"]])
         assert key.hex() == v["index key"], v["name"]
         checked += 1
+    for v in blocks("tenant-blind-index-key"):
+        tenant_root = derive(bytes.fromhex(v["root key"]), "tenant-blind-index-key", [v["tenant"]])
+        assert tenant_root.hex() == v["tenant root key"], v["name"]
+        key = derive(tenant_root, "blind-index-key", [v["table"], v["index"]])
+        assert key.hex() == v["index key"], v["name"]
+        checked += 1
     for v in blocks("blind-index"):
         assert blind_value(v) == v["value"], v["name"]
         checked += 1
@@ -199,7 +206,7 @@ def main() -> int:
     if wrapped_vectors < 2:
         print(f"only {wrapped_vectors} wrapped-key vectors found in {SPEC}", file=sys.stderr)
         return 1
-    if checked < 14:
+    if checked < 15:
         print(f"only {checked} vectors found in {SPEC}", file=sys.stderr)
         return 1
     print(f"{checked} passed, 0 failed")

@@ -204,6 +204,43 @@ fn blind_index_key_vectors_match_spec() {
     }
 }
 
+#[test]
+fn tenant_blind_index_key_vectors_match_spec_and_library() {
+    let all = vectors("tenant-blind-index-key");
+    assert!(!all.is_empty());
+    for v in all {
+        let version: u32 = v.get("key id").parse().expect("id");
+        let root = v.hex("root key");
+        let (tenant, table, index) = (v.get("tenant"), v.get("table"), v.get("index"));
+        let tenant_root = spec_derive(&root, "tenant-blind-index-key", &[tenant]);
+        assert_eq!(
+            hex::encode(tenant_root),
+            v.get("tenant root key"),
+            "{}",
+            v.name
+        );
+        let spec = spec_derive(&tenant_root, "blind-index-key", &[table, index]);
+        assert_eq!(hex::encode(spec), v.get("index key"), "{}", v.name);
+
+        let mut master = Keyring::new(KeyId(1), [0x55; 32]);
+        master
+            .add_blind_index_key(KeyId(version), root.clone().try_into().expect("32"))
+            .expect("add");
+        let ring = master
+            .for_tenant(tenant, KeyId(2), [0x66; 32])
+            .expect("tenant keyring");
+        let ours = ring
+            .blind_index_key(KeyId(version), table, index)
+            .expect("derive");
+        assert_eq!(
+            hex::encode(ours.as_slice()),
+            v.get("index key"),
+            "{}",
+            v.name
+        );
+    }
+}
+
 /// Prints vector blocks for the inputs below (used to write FORMAT.md, not a check).
 #[test]
 fn print_vectors_when_asked() {

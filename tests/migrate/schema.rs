@@ -17,6 +17,87 @@ use crate::support::{a, batches, dropped_exactly, phase_of, phases_of, second_po
 // UNIQUE, so the schema helper creates a unique index.
 email_context!(LegacyEmail, LEGACY_BIDX, "mig_legacy", unique);
 column_context!(LegacyNotes, table = "mig_legacy", column = "notes");
+column_context!(ScopedEmail, table = "mig_scoped", column = "email");
+
+// UNIQUE per tenant: the schema helper creates a composite (tenant_id, email_bidx) index.
+static SCOPED_BIDX: std::sync::LazyLock<encrypted_columns::blind_index::BlindIndex> =
+    std::sync::LazyLock::new(|| {
+        crate::plans::email_index("mig_scoped")
+            .unique()
+            .scoped_by("tenant_id")
+    });
+
+backend_tests!(
+    /// `add_blind_index_column` with an index unique per tenant: the backfill accepts the
+    /// same e-mail in two tenants (its duplicate pre-check leaves scoped indexes to the
+    /// database), and the composite UNIQUE index refuses a duplicate within one tenant, named
+    /// as the index's.
+    scoped_unique_blind_index_column,
+    |db: &TestDb| async move {
+        let conn = &db.conn;
+        let manager = SchemaManager::new(conn);
+        manager
+            .create_table(
+                Table::create()
+                    .table(a("mig_scoped"))
+                    .col(ColumnDef::new(a("id")).integer().not_null().primary_key())
+                    .col(ColumnDef::new(a("tenant_id")).integer().not_null())
+                    .col(ColumnDef::new(a("email")).string_len(320).null())
+                    .to_owned(),
+            )
+            .await?;
+        for (id, tenant, email) in [
+            (1, 1, "ada@example.org"),
+            (2, 2, "Ada@Example.org"),
+            (3, 1, "bob@example.org"),
+        ] {
+            let insert = Query::insert()
+                .into_table(a("mig_scoped"))
+                .columns([a("id"), a("tenant_id"), a("email")])
+                .values_panic([id.into(), tenant.into(), email.into()])
+                .to_owned();
+            conn.execute(&insert).await?;
+        }
+        schema::add_encrypted_column(&manager, "mig_scoped", "email", "email_enc", 320).await?;
+        schema::add_blind_index_column(&manager, "mig_scoped", "email_bidx", &SCOPED_BIDX)
+            .await?;
+        ensure!(
+            manager
+                .has_index("mig_scoped", &schema::index_name("mig_scoped", "email_bidx"))
+                .await?,
+            "the scoped unique index is missing"
+        );
+        state::transition(conn, "mig_scoped", "email", Phase::DualWrite, None).await?;
+        let email =
+            EncryptColumn::<String, ScopedEmail>::new("mig_scoped", "id", "email", "email_enc")
+                .with_index("email_bidx", &SCOPED_BIDX);
+        ensure!(
+            migrate::backfill(conn, &email, &batches(2), |_| {})
+                .await?
+                .finished,
+            "the backfill refused the same e-mail in two tenants"
+        );
+        let ada = raw::get_envelope(conn, "mig_scoped", "email_bidx", 1).await?;
+        ensure!(
+            raw::get_envelope(conn, "mig_scoped", "email_bidx", 2).await? == ada,
+            "one keyring, one normalized e-mail: one index value in both tenants"
+        );
+        // Row 3 is tenant 1's: given row 1's value, the composite index refuses it.
+        let err = raw::set_bytes(conn, "mig_scoped", "email_bidx", 3, Some(ada))
+            .await
+            .err()
+            .ok_or("a duplicate within tenant 1 was accepted")?;
+        assert_eq!(
+            unique_violation(&err, "mig_scoped", &["email_bidx"]),
+            Some(Error::Duplicate {
+                table: "mig_scoped",
+                index: "email_bidx"
+            }),
+            "{err}"
+        );
+        Ok(())
+    }
+);
 
 backend_tests!(
     /// `migrate::schema` through a SchemaManager: add the envelope columns (a `mediumblob`

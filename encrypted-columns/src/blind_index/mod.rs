@@ -18,6 +18,11 @@
 //!   range ([`BlindIndex::version_range`]), so finding rows left to recompute is an index
 //!   range scan.
 //! * **Measure** what an index reveals with [`leakage_report`].
+//! * **Several tenants** in one table: per-tenant index keys
+//!   ([`Keyring::for_tenant`]), UNIQUE per tenant ([`BlindIndex::scoped_by`], or
+//!   `unique, scope(tenant_id)` in the derive), and the derived `find_all_by_<index>_where`
+//!   lookups, which take the tenant filter in SQL and never name another tenant's key
+//!   ([`Error::LookupKeyMissing`]).
 //!
 //! Most users never call this module directly: `#[derive(DeriveEncrypted)]` generates the
 //! specs, `fill_blind_indexes` and typed `find_by_…` helpers from field attributes:
@@ -120,6 +125,7 @@ pub struct BlindIndex {
     parts: Vec<Pipeline>,
     bits: u16,
     unique: bool,
+    scope: Vec<&'static str>,
 }
 
 impl BlindIndex {
@@ -131,6 +137,7 @@ impl BlindIndex {
             parts: Vec::new(),
             bits: MAX_BITS,
             unique: false,
+            scope: Vec::new(),
         }
     }
 
@@ -141,6 +148,7 @@ impl BlindIndex {
             parts: Vec::new(),
             bits: MAX_BITS,
             unique: false,
+            scope: Vec::new(),
         })
     }
 
@@ -160,6 +168,33 @@ impl BlindIndex {
     pub fn unique(mut self) -> Self {
         self.unique = true;
         self
+    }
+
+    /// Scopes the UNIQUE constraint of a [`unique`](Self::unique) index by plain column
+    /// `column` (e.g. `tenant_id`); call once per column. The same value may then appear once
+    /// per scope (per tenant) instead of once per table:
+    /// [`schema::unique_index`](crate::schema::unique_index) and the migration helper build a
+    /// composite UNIQUE index over the scope columns and the index column. Index values are
+    /// computed as without a scope.
+    ///
+    /// ```
+    /// use encrypted_columns::blind_index::{BlindIndex, Pipeline};
+    /// let email = BlindIndex::new("accounts", "email_bidx")
+    ///     .field(Pipeline::parse("email")?)
+    ///     .unique()
+    ///     .scoped_by("tenant_id");
+    /// assert_eq!(email.scope(), ["tenant_id"]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn scoped_by(mut self, column: &'static str) -> Self {
+        self.scope.push(column);
+        self
+    }
+
+    /// The plain columns that scope the UNIQUE constraint, in order; empty for a table-wide
+    /// constraint (or a non-unique index).
+    pub fn scope(&self) -> &[&'static str] {
+        &self.scope
     }
 
     /// The logical table.
@@ -211,6 +246,11 @@ impl BlindIndex {
             return Err(self.problem(
                 "a unique index must keep all 256 bits: truncated values collide, and a \
                  collision would reject a legitimate row",
+            ));
+        }
+        if !self.scope.is_empty() && !self.unique {
+            return Err(self.problem(
+                "a scope only applies to a unique index: add `.unique()` or drop `.scoped_by(..)`",
             ));
         }
         if self.parts.is_empty() {
@@ -468,6 +508,19 @@ mod tests {
             unique_short.compute(&k, &[Some(IndexInput::Text("a"))]),
             Err(Error::BlindIndex { .. })
         ));
+        let scoped_not_unique = BlindIndex::new("t", "i")
+            .field(Pipeline::identity())
+            .scoped_by("tenant_id");
+        assert!(matches!(
+            scoped_not_unique.compute(&k, &[Some(IndexInput::Text("a"))]),
+            Err(Error::BlindIndex { .. })
+        ));
+        assert!(
+            scoped_not_unique
+                .unique()
+                .compute(&k, &[Some(IndexInput::Text("a"))])
+                .is_ok()
+        );
         let no_keys = Keyring::new(KeyId(1), [1; 32]);
         assert_eq!(
             BlindIndex::new("t", "i")

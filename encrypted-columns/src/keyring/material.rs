@@ -17,6 +17,7 @@ pub(crate) const HKDF_SALT: &[u8] = b"encrypted-columns/v1";
 pub(super) const LABEL_COLUMN_KEY: &[u8] = b"column-key";
 pub(super) const LABEL_BLIND_INDEX_KEY: &[u8] = b"blind-index-key";
 pub(super) const LABEL_CHECK_VALUE: &[u8] = b"key-check-value";
+pub(super) const LABEL_TENANT_BLIND_INDEX_KEY: &[u8] = b"tenant-blind-index-key";
 
 /// 32 bytes of root key material, wiped on drop, never printed.
 #[derive(Clone)]

@@ -9,6 +9,8 @@
 //!   `info`, so each column has its own key and a ciphertext copied between columns fails.
 //! * **Blind-index root keys**: a separate, versioned set, never used for encryption; per-index
 //!   keys derive from them with their own HKDF label ([`Keyring::blind_index_key`]).
+//! * **Tenant blind-index root keys** (optional): HKDF of each blind-index root key with the
+//!   tenant id, so each tenant's index values are its own ([`Keyring::for_tenant`]).
 //!
 //! All key bytes live in [`Zeroizing`](zeroize::Zeroizing) buffers and are wiped on drop;
 //! `Debug` prints key ids only. `FORMAT.md` documents the derivations byte for byte.
@@ -27,6 +29,7 @@
 //   `cache`    per-column ciphers and per-index MACs, and the maps that keep them
 //   `ring`     the Keyring: which keys it holds, which are active
 //   `env`      loading a Keyring from the ENCRYPTED_COLUMNS_* variables
+//   `tenant`   tenant keyrings: a tenant's data key and blind-index keys derived for it
 //   `subkeys`  deriving, on first use, the cipher or MAC that `seal` or `blind_index` asks for
 //   `install`  the process-wide keyring and task-scoped overrides
 // Nothing here imports `seal` or `blind_index`: they import the keyring.
@@ -39,6 +42,7 @@ mod install;
 mod material;
 mod ring;
 mod subkeys;
+mod tenant;
 
 pub use check_value::{CHECK_VALUE_LEN, CheckValue, KeyPurpose, check_value};
 pub use env::{ENV_ACTIVE_BLIND_INDEX_KEY, ENV_ACTIVE_KEY, ENV_BLIND_INDEX_KEYS, ENV_KEYS};

@@ -102,7 +102,8 @@ impl Keyring {
     /// keys are this keyring's: for data sealed under a per-tenant or per-person data key
     /// (envelope encryption, crypto-shredding) that must stay searchable through blind
     /// indexes shared by all tenants. Add further data keys with [`add_key`](Keyring::add_key)
-    /// to read several tenants' rows in one query.
+    /// to read several tenants' rows in one query. For tenants whose index values must not be
+    /// shared, use [`for_tenant`](Keyring::for_tenant) instead.
     ///
     /// ```
     /// use encrypted_columns::{KeyId, Keyring};

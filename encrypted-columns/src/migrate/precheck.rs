@@ -16,7 +16,10 @@ use crate::keyring::Keyring;
 
 /// Fails with [`Error::DuplicateValues`](crate::Error::DuplicateValues) for the first unique
 /// index whose values (computed from plaintext where there is one, as stored otherwise)
-/// repeat across rows.
+/// repeat across rows. Indexes unique per [`scope`](crate::blind_index::BlindIndex::scope)
+/// (per tenant) are not checked here: the same value in two scopes is allowed, and telling
+/// scopes apart would need the scope columns; the database's composite UNIQUE index still
+/// refuses a duplicate within one scope when the backfill writes it.
 pub(crate) async fn unique_duplicates<C: ConnectionTrait>(
     db: &C,
     keyring: &Keyring,
@@ -26,7 +29,10 @@ pub(crate) async fn unique_duplicates<C: ConnectionTrait>(
     let (table, pk) = (&plan.table, &plan.primary_key);
     for job in &plan.columns {
         let unique: Vec<usize> = (0..job.indexes().len())
-            .filter(|&i| job.indexes()[i].1.is_unique())
+            .filter(|&i| {
+                let index = &job.indexes()[i].1;
+                index.is_unique() && index.scope().is_empty()
+            })
             .collect();
         if unique.is_empty() {
             continue;

@@ -21,12 +21,14 @@ use sea_orm_migration::SchemaManager;
 use super::sql::a;
 use super::{EncryptTable, RunOptions, state};
 use crate::blind_index::BlindIndex;
-use crate::schema::{blind_index_column_type, envelope_column_type};
+use crate::schema::{
+    blind_index_column_type, blind_index_name, envelope_column_type, unique_index,
+};
 
 /// The index name the helpers give a blind-index column: `{table}_{column}`, which carries
 /// the column name so [`unique_violation`](crate::blind_index::unique_violation) can report it.
 pub fn index_name(table: &str, column: &str) -> String {
-    format!("{table}_{column}")
+    blind_index_name(table, column)
 }
 
 /// Adds nullable envelope column `encrypted` next to plaintext column `plaintext` (sized for
@@ -52,8 +54,9 @@ pub async fn add_encrypted_column(
 }
 
 /// Adds nullable blind-index column `column` sized for `index`, with an index named
-/// [`index_name`] (UNIQUE if the index is). NULLs do not collide in a UNIQUE index on any of
-/// the three databases, so rows can be filled gradually.
+/// [`index_name`] (UNIQUE if the index is; over its scope columns and `column` if it has a
+/// [`scope`](BlindIndex::scope), see [`unique_index`]). NULLs do not collide in a UNIQUE
+/// index on any of the three databases, so rows can be filled gradually.
 pub async fn add_blind_index_column(
     manager: &SchemaManager<'_>,
     table: &str,
@@ -70,15 +73,15 @@ pub async fn add_blind_index_column(
                 .to_owned(),
         )
         .await?;
-    let mut create = Index::create();
-    create
-        .name(index_name(table, column))
-        .table(a(table))
-        .col(a(column));
-    if index.is_unique() {
-        create.unique();
-    }
-    manager.create_index(create.to_owned()).await
+    let create = match unique_index(table, column, index) {
+        Some(unique) => unique,
+        None => Index::create()
+            .name(index_name(table, column))
+            .table(a(table))
+            .col(a(column))
+            .to_owned(),
+    };
+    manager.create_index(create).await
 }
 
 /// Drops the plaintext columns of `plan` after cut-over, in a migration: the same step as

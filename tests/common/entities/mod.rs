@@ -6,6 +6,7 @@ pub mod nurse;
 pub mod patient;
 pub mod person;
 pub mod subscriber;
+pub mod tenant_account;
 pub mod vital;
 pub mod ward;
 
@@ -32,6 +33,13 @@ pub async fn create_tables(conn: &impl ConnectionTrait) -> Result<(), DbErr> {
         conn.execute(&statement).await?;
     }
     for statement in schema.create_index_from_entity(nurse::Entity) {
+        conn.execute(&statement).await?;
+    }
+    // Multi-tenant accounts (tests/tenant_blind_index.rs): the e-mail is unique per tenant,
+    // through a composite index that `Schema` does not know about.
+    conn.execute(&schema.create_table_from_entity(tenant_account::Entity))
+        .await?;
+    for statement in tenant_account::Entity::scoped_unique_indexes() {
         conn.execute(&statement).await?;
     }
     Ok(())
