@@ -12,6 +12,8 @@
 //!   from a secret store as bytes.
 //! - `pkcs11::Pkcs11Kek` (feature `pkcs11`): a non-extractable AES-256 key inside a PKCS#11
 //!   token (SoftHSM2, Thales Luna, AWS CloudHSM, YubiHSM); the KEK never leaves the token.
+//! - `aws_kms::AwsKmsKek` (feature `aws-kms`): a symmetric key in AWS KMS (or a KMS-compatible
+//!   endpoint); the KEK never leaves KMS, and KEK rotation between two KMS keys is `ReEncrypt`.
 //!
 //! # Why boxed futures
 //!
@@ -46,6 +48,8 @@ use xaes_256_gcm::aead::{AeadInOut, KeyInit};
 use xaes_256_gcm::{Nonce, Tag, Xaes256Gcm};
 use zeroize::Zeroizing;
 
+#[cfg(feature = "aws-kms")]
+pub mod aws_kms;
 #[cfg(feature = "pkcs11")]
 pub mod pkcs11;
 
