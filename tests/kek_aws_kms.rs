@@ -400,6 +400,10 @@ impl<K: KeyEncryptionKey> KeyEncryptionKey for CountingWraps<K> {
         self.inner.kek_id()
     }
 
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        self.inner.as_any()
+    }
+
     fn wrap_key<'a>(
         &'a self,
         key: &'a [u8; 32],

@@ -60,7 +60,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, LazyLock, Mutex, MutexGuard, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
 use aws_sdk_kms::Client;
@@ -223,7 +223,7 @@ pub struct AwsKmsKek {
 }
 
 struct Inner {
-    /// The configured key id; its heap buffer also identifies this KEK in [`LIVE`].
+    /// The configured key id.
     kek_id: String,
     client: Arc<SharedClient>,
 }
@@ -246,18 +246,6 @@ impl fmt::Debug for AwsKmsKek {
             .field("endpoint_url", &self.inner.client.endpoint_url)
             .finish_non_exhaustive()
     }
-}
-
-/// The KEKs of this type alive in the process, to recognise an [`AwsKmsKek`] behind a
-/// `&dyn KeyEncryptionKey` without `unsafe` or changing the trait (see
-/// [`AwsKmsKek::same_endpoint_kek`]).
-static LIVE: LazyLock<Mutex<Vec<Weak<Inner>>>> = LazyLock::new(Default::default);
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    // The data is a list of weak references: a panic while holding the lock breaks nothing.
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl AwsKmsKek {
@@ -360,11 +348,9 @@ impl AwsKmsKek {
     }
 
     fn register(kek_id: String, client: Arc<SharedClient>) -> AwsKmsKek {
-        let inner = Arc::new(Inner { kek_id, client });
-        let mut live = lock(&LIVE);
-        live.retain(|weak| weak.strong_count() > 0);
-        live.push(Arc::downgrade(&inner));
-        AwsKmsKek { inner }
+        AwsKmsKek {
+            inner: Arc::new(Inner { kek_id, client }),
+        }
     }
 
     /// The SDK client this KEK uses, for administration next to it (creating or describing
@@ -378,23 +364,16 @@ impl AwsKmsKek {
     /// same endpoint, region and static or environment access key id (the same principal, so
     /// an alias or bare key id resolves in the same account).
     ///
-    /// Recognised by identity, not by [`provider`](KeyEncryptionKey::provider) (which any type
-    /// may claim): `to.kek_id()` must return the very buffer of a live `AwsKmsKek` (the pointer,
-    /// not an equal string). A wrapper that forwards `kek_id` to an inner `AwsKmsKek` is
-    /// therefore taken as that KEK, which is what forwarding says.
+    /// Recognised by type through [`KeyEncryptionKey::as_any`], not by
+    /// [`provider`](KeyEncryptionKey::provider) (which any type may claim).
     fn same_endpoint_kek(&self, to: &dyn KeyEncryptionKey) -> Option<Arc<Inner>> {
-        let id = to.kek_id();
-        let live = lock(&LIVE);
-        let target = live
-            .iter()
-            .filter_map(Weak::upgrade)
-            .find(|inner| std::ptr::eq(inner.kek_id.as_str(), id))?;
+        let target = &to.as_any()?.downcast_ref::<AwsKmsKek>()?.inner;
         let (ours, theirs) = (&self.inner.client, &target.client);
         let same_principal = ours.region == theirs.region
             && ours.endpoint_url == theirs.endpoint_url
             && ours.access_key_id.is_some()
             && ours.access_key_id == theirs.access_key_id;
-        (Arc::ptr_eq(ours, theirs) || same_principal).then_some(target)
+        (Arc::ptr_eq(ours, theirs) || same_principal).then(|| Arc::clone(target))
     }
 }
 
@@ -652,6 +631,10 @@ impl KeyEncryptionKey for AwsKmsKek {
                 .ok_or_else(|| missing_ciphertext(&inner.kek_id))?;
             Ok((key, WrappedKey::from_bytes(blob.into_inner())))
         })
+    }
+
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        Some(self)
     }
 
     /// `ReEncrypt` inside KMS when `to` is an [`AwsKmsKek`] sharing this KEK's client

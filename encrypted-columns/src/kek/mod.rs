@@ -86,6 +86,14 @@ pub trait KeyEncryptionKey: Send + Sync + fmt::Debug {
         context: &'a WrapContext,
     ) -> KekFuture<'a, Zeroizing<[u8; WRAPPED_KEY_LEN]>>;
 
+    /// This KEK as [`Any`](std::any::Any), so a provider can recognise a KEK of its own type
+    /// behind a `&dyn KeyEncryptionKey` — a KMS re-encrypting to another of its keys without
+    /// releasing the key ([`rewrap_key`](Self::rewrap_key)). `None` by default; a wrapper that
+    /// forwards every call to an inner KEK may forward this too.
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        None
+    }
+
     /// A fresh random 32-byte key and its wrapping under this KEK, bound to `context`.
     ///
     /// The default draws the key from the operating system's CSPRNG and calls
