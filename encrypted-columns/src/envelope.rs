@@ -16,7 +16,7 @@
 
 use std::fmt;
 
-use crate::keyring::id::KeyId;
+use crate::key_id::KeyId;
 
 /// The only envelope version this build writes and reads.
 pub const VERSION: u8 = 1;

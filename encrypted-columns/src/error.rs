@@ -8,7 +8,7 @@ use std::sync::Arc;
 use sea_orm::DbErr;
 
 use crate::envelope::EnvelopeError;
-use crate::keyring::id::KeyId;
+use crate::key_id::KeyId;
 
 /// Result alias used throughout the crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -47,6 +47,7 @@ pub mod context;
 pub mod envelope;
 mod error;
 pub mod kek;
+mod key_id;
 pub mod keyring;
 pub mod migrate;
 pub mod schema;
@@ -55,7 +56,8 @@ mod types;
 
 pub use context::{ColumnContext, Context};
 pub use error::{Error, Result};
-pub use keyring::{KeyId, Keyring};
+pub use key_id::KeyId;
+pub use keyring::Keyring;
 pub use types::expose;
 pub use types::{Encrypted, EncryptedBytes, EncryptedField, EncryptedString, Plaintext};
 #[cfg(feature = "json")]

@@ -11,10 +11,10 @@ use sha2::Sha256;
 use xaes_256_gcm::Xaes256Gcm;
 use zeroize::Zeroizing;
 
-use super::id::KeyId;
 use super::material::{KEY_LEN, push_length_prefixed};
 use crate::context::Context;
 use crate::envelope;
+use crate::key_id::KeyId;
 
 /// A per-column cipher: the XAES key schedule (wiped on drop) and the associated data for
 /// envelopes sealed with it.

@@ -4,9 +4,9 @@
 
 use std::fmt;
 
-use super::id::KeyId;
 use super::material::{KEY_LEN, LABEL_CHECK_VALUE, RootKey};
 use super::ring::Keyring;
+use crate::key_id::KeyId;
 
 /// Length of a key check value, in bytes.
 pub const CHECK_VALUE_LEN: usize = 16;

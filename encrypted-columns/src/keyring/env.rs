@@ -7,10 +7,10 @@ use std::sync::RwLock;
 use base64::Engine as _;
 use zeroize::Zeroizing;
 
-use super::id::KeyId;
 use super::material::{KEY_LEN, RootKey};
 use super::ring::{Keyring, check_blind_index_id};
 use crate::error::{Error, Result};
+use crate::key_id::KeyId;
 
 /// Variable holding the encryption root keys.
 pub const ENV_KEYS: &str = "ENCRYPTED_COLUMNS_KEYS";

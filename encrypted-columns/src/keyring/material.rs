@@ -6,8 +6,8 @@ use hkdf::Hkdf;
 use sha2::Sha256;
 use zeroize::Zeroizing;
 
-use super::id::KeyId;
 use crate::error::{Error, Result};
+use crate::key_id::KeyId;
 
 /// Length of every root key, in bytes (256 bits).
 pub const KEY_LEN: usize = 32;

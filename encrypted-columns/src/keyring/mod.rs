@@ -24,10 +24,10 @@
 //! | `ENCRYPTED_COLUMNS_ACTIVE_BLIND_INDEX_KEY` | active blind-index key id; required when more than one is listed |
 
 // Layout; every import points down this list, none back up:
-//   `id`       KeyId, which envelopes and errors name without importing the keyring
 //   `material` root key bytes, the HKDF derivation, fresh random keys
 //   `cache`    per-column ciphers and per-index MACs, and the maps that keep them
 //   `ring`     the Keyring: which keys it holds, which are active
+//   `check_value` key check values (FORMAT.md §10) of keys and of keyrings
 //   `env`      loading a Keyring from the ENCRYPTED_COLUMNS_* variables
 //   `tenant`   tenant keyrings: a tenant's data key and blind-index keys derived for it
 //   `subkeys`  deriving, on first use, the cipher or MAC that `seal` or `blind_index` asks for
@@ -37,16 +37,15 @@
 pub(crate) mod cache;
 mod check_value;
 mod env;
-pub(crate) mod id;
 mod install;
 mod material;
 mod ring;
 mod subkeys;
 mod tenant;
 
+pub use crate::key_id::KeyId;
 pub use check_value::{CHECK_VALUE_LEN, CheckValue, KeyPurpose, check_value};
 pub use env::{ENV_ACTIVE_BLIND_INDEX_KEY, ENV_ACTIVE_KEY, ENV_BLIND_INDEX_KEYS, ENV_KEYS};
-pub use id::KeyId;
 pub use install::{
     current, in_current_scope, install, require_scope, scope, scope_required, scope_sync,
     spawn_blocking_scoped, spawn_scoped, uninstall,

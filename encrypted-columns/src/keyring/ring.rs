@@ -8,10 +8,10 @@ use std::sync::{Arc, RwLock};
 use zeroize::Zeroizing;
 
 use super::cache::{CipherCache, FxBuildHasher, IndexMac};
-use super::id::KeyId;
 use super::material::{KEY_LEN, RootKey, generate_key};
 use crate::context::Context;
 use crate::error::{Error, Result};
+use crate::key_id::KeyId;
 
 /// A versioned set of root keys plus a cache of per-column ciphers.
 ///

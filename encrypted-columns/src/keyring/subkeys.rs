@@ -7,11 +7,11 @@ use zeroize::Zeroizing;
 
 use super::cache::{ColumnCipher, IndexMac};
 use super::env::ENV_BLIND_INDEX_KEYS;
-use super::id::KeyId;
 use super::material::{KEY_LEN, LABEL_BLIND_INDEX_KEY, LABEL_COLUMN_KEY};
 use super::ring::Keyring;
 use crate::context::Context;
 use crate::error::{Error, Result};
+use crate::key_id::KeyId;
 
 impl Keyring {
     /// The HMAC key of one blind index: HKDF-SHA256 of blind-index root key `version` with

@@ -4,10 +4,10 @@
 
 use std::collections::BTreeMap;
 
-use super::id::KeyId;
 use super::material::{KEY_LEN, LABEL_TENANT_BLIND_INDEX_KEY, RootKey};
 use super::ring::Keyring;
 use crate::error::{Error, Result};
+use crate::key_id::KeyId;
 
 impl Keyring {
     /// A keyring for tenant `tenant`: its only encryption key is `key` (active, as `id`), and

@@ -1,4 +1,4 @@
-//! Key ids: the bottom of the key tree, named by envelopes and errors without the keyring.
+//! Key ids: named by envelopes, errors and the keyring alike, so they sit below all three.
 
 use std::fmt;
 
