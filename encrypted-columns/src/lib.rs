@@ -48,6 +48,7 @@ pub mod envelope;
 mod error;
 pub mod kek;
 pub mod keyring;
+pub mod keystore;
 pub mod migrate;
 pub mod schema;
 mod seal;
