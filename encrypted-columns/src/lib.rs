@@ -49,6 +49,7 @@ mod error;
 pub mod kek;
 mod key_id;
 pub mod keyring;
+pub mod keystore;
 pub mod migrate;
 pub mod schema;
 mod seal;

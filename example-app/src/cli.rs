@@ -5,7 +5,9 @@ use clap::{Parser, Subcommand};
 /// A small clinic whose patient data is encrypted at rest with encrypted-columns.
 ///
 /// Keys come from ENCRYPTED_COLUMNS_KEYS and ENCRYPTED_COLUMNS_BLIND_INDEX_KEYS
-/// (`<id>:<base64 of 32 bytes>`; `clinic keys generate` prints both). The database is SQLite by default; PostgreSQL and MySQL/MariaDB by URL.
+/// (`<id>:<base64 of 32 bytes>`; `clinic keys generate` prints both), checked against the key
+/// store, or from the key store through a KEK provider (CLINIC_KEK=static|pkcs11; see `clinic
+/// keys init`). The database is SQLite by default; PostgreSQL and MySQL/MariaDB by URL.
 #[derive(Debug, Parser)]
 #[command(name = "clinic", version)]
 pub struct Cli {
@@ -144,6 +146,29 @@ pub enum KeysCommand {
         /// Rows per batch (one transaction each), 1 to 10000.
         #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..=10_000))]
         batch_size: u64,
+    },
+    /// With a KEK provider configured (CLINIC_KEK=static or pkcs11): create encryption key 1
+    /// and blind-index key 1 in the key store, wrapped by it. Refused if the store already
+    /// holds keys. A missing PKCS#11 KEK (CLINIC_PKCS11_KEY) is generated in the token.
+    Init,
+    /// Move every stored key from the configured KEK (CLINIC_KEK) to another, without
+    /// re-encrypting any data. Resumable: run it again after an interruption. Afterwards run
+    /// every command with the new provider's settings.
+    Rewrap {
+        /// The new KEK is a static one, base64 of 32 bytes in this environment variable
+        /// (then run with CLINIC_KEK=static and CLINIC_KEK_STATIC set to that value).
+        #[arg(
+            long,
+            value_name = "VAR",
+            conflicts_with = "to_pkcs11_key",
+            required_unless_present = "to_pkcs11_key"
+        )]
+        to_static_env: Option<String>,
+        /// The new KEK is this key label in the PKCS#11 token of CLINIC_PKCS11_MODULE,
+        /// CLINIC_PKCS11_TOKEN and CLINIC_PKCS11_PIN (generated if missing; then run with
+        /// CLINIC_KEK=pkcs11 and CLINIC_PKCS11_KEY set to it).
+        #[arg(long, value_name = "LABEL")]
+        to_pkcs11_key: Option<String>,
     },
 }
 

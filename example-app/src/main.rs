@@ -6,6 +6,7 @@ mod commands;
 mod connect;
 mod entities;
 mod fake;
+mod kek;
 mod keys;
 mod output;
 mod validate;
@@ -68,6 +69,11 @@ async fn main() -> ExitCode {
         Command::Keys(cli::KeysCommand::Rotate { batch_size }) => {
             commands::keys::rotate(&global, batch_size).await
         }
+        Command::Keys(cli::KeysCommand::Init) => commands::key_store::init(&global).await,
+        Command::Keys(cli::KeysCommand::Rewrap {
+            to_static_env,
+            to_pkcs11_key,
+        }) => commands::key_store::rewrap(&global, to_static_env, to_pkcs11_key).await,
         Command::Patient(command) => commands::patient::run(&global, command).await,
         Command::Note(command) => commands::records::note(&global, command).await,
         Command::Consent(command) => commands::records::consent(&global, command).await,

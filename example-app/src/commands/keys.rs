@@ -28,6 +28,12 @@ const CLINIC_KEY_COLUMNS: [(&str, &str); 4] = [
 
 #[derive(Debug, Serialize)]
 struct Status {
+    /// `env` (ENCRYPTED_COLUMNS_* checked against the key store) or the KEK provider.
+    provider: String,
+    /// The KEK id, with a KEK provider.
+    kek_id: Option<String>,
+    /// Every key of the key store: purpose, id, state, check value, wrapped or env.
+    stored_keys: Vec<crate::commands::key_store::StoredKeyStatus>,
     active_key: u32,
     keys: Vec<u32>,
     active_blind_index_key: Option<u32>,
@@ -69,7 +75,12 @@ pub async fn status(global: &Global) -> Result<(), String> {
     let audit_macs = crate::commands::index::audit_mac_usage(&clinic.db).await?;
     let retirable_blind_index_keys =
         crate::commands::index::retirable_blind_index_keys(ring, &index_values_by_key, &audit_macs);
+    let (provider, kek_id) = crate::commands::key_store::configured_provider();
+    let stored_keys = crate::commands::key_store::stored_keys(&clinic.db).await?;
     let status = Status {
+        provider,
+        kek_id,
+        stored_keys,
         active_key: ring.active_key_id().0,
         keys: ring.key_ids().map(|k| k.0).collect(),
         active_blind_index_key: ring.active_blind_index_key_id().map(|k| k.0),
@@ -87,6 +98,11 @@ pub async fn status(global: &Global) -> Result<(), String> {
     if global.json {
         return print_json(&status);
     }
+    crate::commands::key_store::print_stored(
+        &status.provider,
+        status.kek_id.as_deref(),
+        &status.stored_keys,
+    );
     say!(
         "Clinic keys loaded: {} (active: {}). Blind-index keys: {} (active: {}).",
         join_ids(&status.keys),

@@ -74,11 +74,11 @@ pub fn plan() -> EncryptTable {
 
 /// Connects, loads keys and checks the schema is current.
 pub async fn open(database_url: Option<&str>) -> Result<DatabaseConnection, String> {
-    let (ring, _) = keys::load(false)?;
-    keyring::install(ring);
+    let source = keys::source().await?;
     let url = database_url.unwrap_or(crate::commands::DEFAULT_DATABASE_URL);
     let db = connect(url).await?;
     Clinic::check_schema(&db).await?;
+    keyring::install(keys::resolve(source, &db).await?);
     Ok(db)
 }
 

@@ -4,6 +4,7 @@ pub mod audit;
 pub mod demo;
 pub mod index;
 pub mod init;
+pub mod key_store;
 pub mod keys;
 pub mod legacy;
 pub mod patient;
@@ -35,14 +36,16 @@ impl Global {
         self.database_url.as_deref().unwrap_or(DEFAULT_DATABASE_URL)
     }
 
-    /// Keys from the environment, a connection, and a schema check: what every data command
-    /// needs. Fails before touching anything if one is missing.
+    /// Keys, a connection, and a schema check: what every data command needs. Key settings
+    /// are read (and a KEK provider reached) before the database is opened; environment keys
+    /// are then checked against the key store, or the store's keys unwrapped by the KEK.
+    /// Fails before writing anything if one is missing or wrong.
     pub async fn open(&self) -> Result<Clinic, String> {
-        let (ring, _) = crate::keys::load(false)?;
-        let ring = Arc::new(ring);
-        keyring::install(Arc::clone(&ring));
+        let source = crate::keys::source().await?;
         let db = connect(self.url()).await?;
         Clinic::check_schema(&db).await?;
+        let ring = Arc::new(crate::keys::resolve(source, &db).await?);
+        keyring::install(Arc::clone(&ring));
         Ok(Clinic::new(db, ring, self.actor.clone()))
     }
 }

@@ -183,8 +183,13 @@ fn chain_is_intact_after_normal_use_on_sqlite() {
                 .expect("fresh blind-index key");
         }
     }
+    // Another key under the registered id never reaches the verifier: the key store's check
+    // value refuses it first (issue 12), so it cannot report a sound chain as forged.
     let out = s.with_env(other_key).run(&["audit", "verify"]);
-    assert_one_line_failure(&out, "audit log broken at entry #1 (seq 1): MAC mismatch");
+    assert_one_line_failure(
+        &out,
+        "key 1 in ENCRYPTED_COLUMNS_BLIND_INDEX_KEYS is not the key this database registered",
+    );
     // The untouched log with the right keys is still intact.
     assert!(s.ok(&["audit", "verify"]).contains("audit log intact"));
 }
@@ -917,7 +922,8 @@ async fn replace_into_is_refused_on_mariadb() {
         // Migration 10 rolls back and forward on MariaDB too (`at` back to whole seconds and
         // to microseconds again); the entries stay, as written before the chain.
         use migration::{Migrator, MigratorTrait};
-        Migrator::down(&conn, Some(1)).await.expect("down");
+        // Two steps: migration 11 (the key store) is applied after migration 10.
+        Migrator::down(&conn, Some(2)).await.expect("down");
         Migrator::up(&conn, None).await.expect("up");
         let out = clinic_ok(&url, &keys, &["audit", "verify"]);
         assert!(out.contains("4 entries written before the chain"), "{out}");
@@ -955,7 +961,8 @@ fn chain_migration_rolls_back_and_forward_on_sqlite() {
             db.display()
         )))
         .expect("opens");
-    rt.block_on(Migrator::down(&conn, Some(1))).expect("down");
+    // Two steps: migration 11 (the key store) is applied after the chain's migration 10.
+    rt.block_on(Migrator::down(&conn, Some(2))).expect("down");
     assert_eq!(chain_parts(&db), 0);
     // The append-only triggers of migration 8 are untouched.
     let err = rt

@@ -343,7 +343,7 @@ fn migrate_legacy_walks_every_phase_and_refuses_steps_out_of_order() {
 
     let out = run(&["migrate-legacy", "status"]);
     assert_one_line_failure(&out, "run `clinic init` first");
-    assert!(ok(&["init"]).contains("Applied 10 migration(s)"));
+    assert!(ok(&["init"]).contains("Applied 11 migration(s)"));
     assert!(ok(&["migrate-legacy", "seed", "--rows", "1200"]).contains("plaintext only"));
     let status = ok(&["migrate-legacy", "status"]);
     assert!(status.contains("legacy_patients: 1200 row(s)"), "{status}");
@@ -488,7 +488,7 @@ fn every_command_on_sqlite() {
     let s = Session::new("commands");
     // Before init: a pointer to `clinic init`, not a SQL error.
     s.refused(&["patient", "list"], "run `clinic init` first");
-    assert!(s.ok(&["init"]).contains("Applied 10 migration(s)"));
+    assert!(s.ok(&["init"]).contains("Applied 11 migration(s)"));
     assert!(s.ok(&["init"]).contains("Applied 0 migration(s)"));
 
     let add = |first: &str, last: &str, email: &str, phone: &str, dob: &str| -> i64 {
@@ -837,7 +837,8 @@ fn every_command_on_sqlite() {
     let s3 = s.with_env(s3_env);
     assert!(s3.ok(&["patient", "show", &ada_s]).contains("Ada Testwood"));
 
-    // Wrong key: the same id with other bytes opens nothing, says so in one line.
+    // Wrong key: the same id with other bytes is refused in one line by its check value in
+    // the key store (issue 12), before it could open (or seal) anything.
     // (Ada's key is wrapped by key 2 now, so the impostor is a key 2 with other bytes.)
     let impostor: Vec<(String, String)> = generated_keys()
         .iter()
@@ -851,7 +852,7 @@ fn every_command_on_sqlite() {
         .collect();
     let wrong = s.with_env(impostor);
     let out = wrong.run(&["patient", "show", &ada_s]);
-    assert_one_line_failure(&out, "authentication failed");
+    assert_one_line_failure(&out, "key 2 in ENCRYPTED_COLUMNS_KEYS is not the key");
 
     // Erase Ben: key destroyed, rows gone, his audit trail stays but its details are sealed.
     // From here on only key 2 is loaded (key 1 is retired).
@@ -953,3 +954,4 @@ mod audit_chain;
 mod binding;
 mod demo_safety;
 mod hostile_input;
+mod keys;

@@ -15,7 +15,13 @@ pub fn clinic() -> Command {
         .env_remove("ENCRYPTED_COLUMNS_ACTIVE_KEY")
         .env_remove("ENCRYPTED_COLUMNS_BLIND_INDEX_KEYS")
         .env_remove("ENCRYPTED_COLUMNS_ACTIVE_BLIND_INDEX_KEY")
-        .env_remove("DATABASE_URL");
+        .env_remove("DATABASE_URL")
+        .env_remove("CLINIC_KEK")
+        .env_remove("CLINIC_KEK_STATIC")
+        .env_remove("CLINIC_PKCS11_MODULE")
+        .env_remove("CLINIC_PKCS11_TOKEN")
+        .env_remove("CLINIC_PKCS11_PIN")
+        .env_remove("CLINIC_PKCS11_KEY");
     cmd
 }
 

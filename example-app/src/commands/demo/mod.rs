@@ -97,6 +97,9 @@ pub async fn run(database_url: Option<&str>, population: u32) -> Result<(), Stri
     Migrator::up(&db, None)
         .await
         .map_err(|e| format!("cannot create the clinic's tables: {e}"))?;
+    // Registers the keys' check values, as every command does: later commands on this
+    // database with another key under the same id are refused.
+    keys::check_env(&db, &ring).await?;
     let clinic = Clinic::new(db.clone(), Arc::clone(&ring), DEMO_ACTOR.to_owned());
 
     say!("\n1. Registering {population} fictional patients (generated; no real data).");
