@@ -154,21 +154,23 @@ pub enum KeysCommand {
     /// Move every stored key from the configured KEK (CLINIC_KEK) to another, without
     /// re-encrypting any data. Resumable: run it again after an interruption. Afterwards run
     /// every command with the new provider's settings.
+    #[command(group = clap::ArgGroup::new("rewrap_target").required(true).multiple(false))]
     Rewrap {
         /// The new KEK is a static one, base64 of 32 bytes in this environment variable
         /// (then run with CLINIC_KEK=static and CLINIC_KEK_STATIC set to that value).
-        #[arg(
-            long,
-            value_name = "VAR",
-            conflicts_with = "to_pkcs11_key",
-            required_unless_present = "to_pkcs11_key"
-        )]
+        #[arg(long, value_name = "VAR", group = "rewrap_target")]
         to_static_env: Option<String>,
         /// The new KEK is this key label in the PKCS#11 token of CLINIC_PKCS11_MODULE,
         /// CLINIC_PKCS11_TOKEN and CLINIC_PKCS11_PIN (generated if missing; then run with
         /// CLINIC_KEK=pkcs11 and CLINIC_PKCS11_KEY set to it).
-        #[arg(long, value_name = "LABEL")]
+        #[arg(long, value_name = "LABEL", group = "rewrap_target")]
         to_pkcs11_key: Option<String>,
+        /// The new KEK is this AWS KMS key (id, ARN or alias/…) in the region, endpoint and
+        /// account of the CLINIC_AWS_KMS_* and AWS_* variables; from another KMS key there the
+        /// keys are re-encrypted inside KMS (then run with CLINIC_KEK=aws-kms and
+        /// CLINIC_AWS_KMS_KEY set to it). Needs the `aws-kms` feature.
+        #[arg(long, value_name = "KEY", group = "rewrap_target")]
+        to_aws_kms_key: Option<String>,
     },
 }
 

@@ -10,6 +10,10 @@
 //! | `CLINIC_PKCS11_TOKEN` | `pkcs11`: token label |
 //! | `CLINIC_PKCS11_PIN` | `pkcs11`: user PIN |
 //! | `CLINIC_PKCS11_KEY` | `pkcs11`: the KEK's label in the token |
+//! | `CLINIC_AWS_KMS_KEY` | `aws-kms` (feature `aws-kms`): KMS key id, key ARN or `alias/…` |
+//! | `CLINIC_AWS_KMS_REGION` | `aws-kms`: the region (default: `AWS_REGION`) |
+//! | `CLINIC_AWS_KMS_ENDPOINT` | `aws-kms`: optional endpoint URL (a VPC endpoint, or a local KMS-compatible server) |
+//! | `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN` | `aws-kms`: credentials |
 //!
 //! Errors name the variable, never its value.
 
@@ -35,6 +39,15 @@ pub const CLINIC_PKCS11_PIN: &str = "CLINIC_PKCS11_PIN";
 /// The PKCS#11 KEK label.
 pub const CLINIC_PKCS11_KEY: &str = "CLINIC_PKCS11_KEY";
 
+/// The AWS KMS key.
+pub const CLINIC_AWS_KMS_KEY: &str = "CLINIC_AWS_KMS_KEY";
+/// The AWS region of the KMS key.
+#[cfg(feature = "aws-kms")]
+pub const CLINIC_AWS_KMS_REGION: &str = "CLINIC_AWS_KMS_REGION";
+/// An optional KMS endpoint URL.
+#[cfg(feature = "aws-kms")]
+pub const CLINIC_AWS_KMS_ENDPOINT: &str = "CLINIC_AWS_KMS_ENDPOINT";
+
 /// A provider's settings, read but not yet connected.
 pub enum Settings {
     /// A 32-byte KEK from the variable named `var`.
@@ -44,6 +57,9 @@ pub enum Settings {
     },
     /// A KEK in a PKCS#11 token.
     Pkcs11(Pkcs11Config),
+    /// A KMS key in AWS KMS (or a KMS-compatible endpoint).
+    #[cfg(feature = "aws-kms")]
+    AwsKms(encrypted_columns::kek::aws_kms::AwsKmsConfig),
 }
 
 /// The configured provider's settings, or `None` for `CLINIC_KEK=env` (or unset).
@@ -53,7 +69,10 @@ pub fn configured() -> Result<Option<Settings>, String> {
         "" | "env" => Ok(None),
         "static" => static_from(CLINIC_KEK_STATIC).map(Some),
         "pkcs11" => pkcs11_with_key(&required(CLINIC_PKCS11_KEY)?).map(Some),
-        _ => Err(format!("{CLINIC_KEK} must be `env`, `static` or `pkcs11`")),
+        "aws-kms" => aws_kms_with_key(&required(CLINIC_AWS_KMS_KEY)?).map(Some),
+        _ => Err(format!(
+            "{CLINIC_KEK} must be `env`, `static`, `pkcs11` or `aws-kms`"
+        )),
     }
 }
 
@@ -88,6 +107,30 @@ pub fn pkcs11_with_key(key: &str) -> Result<Settings, String> {
     )))
 }
 
+/// The AWS KMS key `key` (id, ARN or alias), in `CLINIC_AWS_KMS_REGION` (or `AWS_REGION`), at
+/// `CLINIC_AWS_KMS_ENDPOINT` if set, with the standard AWS credential variables.
+#[cfg(feature = "aws-kms")]
+pub fn aws_kms_with_key(key: &str) -> Result<Settings, String> {
+    use encrypted_columns::kek::aws_kms::AwsKmsConfig;
+    let region = required(CLINIC_AWS_KMS_REGION)
+        .or_else(|_| required("AWS_REGION"))
+        .map_err(|_| format!("{CLINIC_AWS_KMS_REGION} (or AWS_REGION) is not set"))?;
+    let mut config = AwsKmsConfig::new(key, region.trim());
+    if let Ok(endpoint) = required(CLINIC_AWS_KMS_ENDPOINT) {
+        config = config.endpoint_url(endpoint.trim());
+    }
+    Ok(Settings::AwsKms(config))
+}
+
+/// Without the `aws-kms` feature: a one-line refusal saying how to build it in.
+#[cfg(not(feature = "aws-kms"))]
+pub fn aws_kms_with_key(_key: &str) -> Result<Settings, String> {
+    Err(format!(
+        "this clinic was built without AWS KMS support: rebuild it with `cargo build -p \
+         example-app --features aws-kms` to use {CLINIC_KEK}=aws-kms"
+    ))
+}
+
 fn required(var: &str) -> Result<String, String> {
     match std::env::var(var) {
         Ok(v) if !v.trim().is_empty() => Ok(v),
@@ -105,6 +148,14 @@ pub async fn connect(settings: Settings) -> Result<Arc<dyn KeyEncryptionKey>, St
             // which generates it if missing), never silently by every command.
             let kek = Pkcs11Kek::connect(config)
                 .await
+                .map_err(|e| format!("cannot open the KEK: {e}"))?;
+            Ok(Arc::new(kek))
+        }
+        #[cfg(feature = "aws-kms")]
+        Settings::AwsKms(config) => {
+            // No request is sent here: an unknown key or an unreachable endpoint shows at the
+            // first wrap or unwrap, as a one-line KekError naming the provider and key.
+            let kek = encrypted_columns::kek::aws_kms::AwsKmsKek::new(config)
                 .map_err(|e| format!("cannot open the KEK: {e}"))?;
             Ok(Arc::new(kek))
         }

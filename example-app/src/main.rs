@@ -73,7 +73,15 @@ async fn main() -> ExitCode {
         Command::Keys(cli::KeysCommand::Rewrap {
             to_static_env,
             to_pkcs11_key,
-        }) => commands::key_store::rewrap(&global, to_static_env, to_pkcs11_key).await,
+            to_aws_kms_key,
+        }) => {
+            let target = commands::key_store::RewrapTarget {
+                static_env: to_static_env,
+                pkcs11_key: to_pkcs11_key,
+                aws_kms_key: to_aws_kms_key,
+            };
+            commands::key_store::rewrap(&global, target).await
+        }
         Command::Patient(command) => commands::patient::run(&global, command).await,
         Command::Note(command) => commands::records::note(&global, command).await,
         Command::Consent(command) => commands::records::consent(&global, command).await,

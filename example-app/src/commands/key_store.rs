@@ -174,17 +174,28 @@ struct RewrapSummary {
     untouched: Vec<String>,
 }
 
-/// `clinic keys rewrap --to-static-env VAR | --to-pkcs11-key LABEL`.
-pub async fn rewrap(
-    global: &Global,
-    to_static_env: Option<String>,
-    to_pkcs11_key: Option<String>,
-) -> Result<(), String> {
+/// Where `clinic keys rewrap` moves the keys: exactly one of its `--to-…` options.
+pub struct RewrapTarget {
+    /// `--to-static-env VAR`.
+    pub static_env: Option<String>,
+    /// `--to-pkcs11-key LABEL`.
+    pub pkcs11_key: Option<String>,
+    /// `--to-aws-kms-key KEY`.
+    pub aws_kms_key: Option<String>,
+}
+
+/// `clinic keys rewrap --to-static-env VAR | --to-pkcs11-key LABEL | --to-aws-kms-key KEY`.
+pub async fn rewrap(global: &Global, target: RewrapTarget) -> Result<(), String> {
     let from_settings = configured_or_refuse("rewrap")?;
-    let to_settings = match (to_static_env, to_pkcs11_key) {
-        (Some(var), None) => crate::kek::static_from(&var)?,
-        (None, Some(label)) => crate::kek::pkcs11_with_key(&label)?,
-        _ => return Err("give exactly one of --to-static-env and --to-pkcs11-key".into()),
+    let to_settings = match (target.static_env, target.pkcs11_key, target.aws_kms_key) {
+        (Some(var), None, None) => crate::kek::static_from(&var)?,
+        (None, Some(label), None) => crate::kek::pkcs11_with_key(&label)?,
+        (None, None, Some(key)) => crate::kek::aws_kms_with_key(&key)?,
+        _ => {
+            return Err(
+                "give exactly one of --to-static-env, --to-pkcs11-key and --to-aws-kms-key".into(),
+            );
+        }
     };
     let from: Arc<dyn KeyEncryptionKey> = crate::kek::connect(from_settings).await?;
     let to: Arc<dyn KeyEncryptionKey> = crate::kek::connect_provisioning(to_settings).await?;
