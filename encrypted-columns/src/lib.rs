@@ -51,6 +51,7 @@ pub mod keyring;
 pub mod migrate;
 pub mod schema;
 mod seal;
+pub mod subject_keys;
 mod types;
 
 pub use context::{ColumnContext, Context};

@@ -15,6 +15,7 @@ mod m20261123_000007_create_clinical_notes;
 mod m20261123_000008_create_audit_log;
 mod m20261129_000009_bind_patient_keys;
 mod m20261129_000010_chain_audit_log;
+mod m20261129_000012_subject_key_columns;
 
 /// Runs the clinic's migrations.
 pub struct Migrator;
@@ -33,6 +34,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261123_000008_create_audit_log::Migration),
             Box::new(m20261129_000009_bind_patient_keys::Migration),
             Box::new(m20261129_000010_chain_audit_log::Migration),
+            Box::new(m20261129_000012_subject_key_columns::Migration),
         ]
     }
 }
