@@ -53,6 +53,7 @@ pub mod keystore;
 pub mod migrate;
 pub mod schema;
 mod seal;
+pub mod subject_keys;
 mod types;
 
 pub use context::{ColumnContext, Context};

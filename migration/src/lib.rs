@@ -16,6 +16,7 @@ mod m20261123_000008_create_audit_log;
 mod m20261129_000009_bind_patient_keys;
 mod m20261129_000010_chain_audit_log;
 mod m20261129_000011_create_key_store;
+mod m20261129_000012_subject_key_columns;
 
 /// Runs the clinic's migrations.
 pub struct Migrator;
@@ -35,6 +36,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261129_000009_bind_patient_keys::Migration),
             Box::new(m20261129_000010_chain_audit_log::Migration),
             Box::new(m20261129_000011_create_key_store::Migration),
+            Box::new(m20261129_000012_subject_key_columns::Migration),
         ]
     }
 }

@@ -10,6 +10,8 @@
 //! - [`StaticKek`]: a 32-byte KEK held in memory, wrapping with XAES-256-GCM (the crate's
 //!   column AEAD). Zero configuration; for tests, development, and deployments whose KEK comes
 //!   from a secret store as bytes.
+//! - [`KeyringKek`]: the application [`Keyring`](crate::Keyring) itself, wrapping as column
+//!   envelopes: the format of key tables written before providers existed.
 //! - `pkcs11::Pkcs11Kek` (feature `pkcs11`): a non-extractable AES-256 key inside a PKCS#11
 //!   token (SoftHSM2, Thales Luna, AWS CloudHSM, YubiHSM); the KEK never leaves the token.
 //! - `aws_kms::AwsKmsKek` (feature `aws-kms`): a symmetric key in AWS KMS (or a KMS-compatible
@@ -50,8 +52,11 @@ use zeroize::Zeroizing;
 
 #[cfg(feature = "aws-kms")]
 pub mod aws_kms;
+mod keyring_kek;
 #[cfg(feature = "pkcs11")]
 pub mod pkcs11;
+
+pub use keyring_kek::KeyringKek;
 
 /// Length of the keys a KEK wraps (a keyring root key).
 pub const WRAPPED_KEY_LEN: usize = 32;

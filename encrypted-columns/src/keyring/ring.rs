@@ -127,6 +127,34 @@ impl Keyring {
         self.insert_key(id, RootKey(Zeroizing::new(key)))
     }
 
+    /// [`with_data_key`](Keyring::with_data_key) from a wiped buffer.
+    pub(crate) fn with_data_key_zeroizing(
+        &self,
+        id: KeyId,
+        key: &Zeroizing<[u8; KEY_LEN]>,
+    ) -> Keyring {
+        let mut ring = Keyring {
+            keys: BTreeMap::new(),
+            active: id,
+            blind_index_keys: self.blind_index_keys.clone(),
+            active_blind_index: self.active_blind_index,
+            ciphers: RwLock::default(),
+            index_macs: RwLock::default(),
+        };
+        ring.keys.insert(id, RootKey(key.clone()));
+        ring
+    }
+
+    /// [`add_key`](Keyring::add_key) from a wiped buffer, leaving no copy of the key behind
+    /// on the stack (subject keys, added by the thousand).
+    pub(crate) fn add_key_zeroizing(
+        &mut self,
+        id: KeyId,
+        key: &Zeroizing<[u8; KEY_LEN]>,
+    ) -> Result<()> {
+        self.insert_key(id, RootKey(key.clone()))
+    }
+
     fn insert_key(&mut self, id: KeyId, key: RootKey) -> Result<()> {
         if self.keys.contains_key(&id) {
             return Err(Error::key_config(

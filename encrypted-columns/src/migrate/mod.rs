@@ -66,7 +66,9 @@ pub use dropping::{DropReport, drop_plaintext, purge};
 pub use phase::Phase;
 pub use plan::EncryptTable;
 pub use repair::{RepairReport, repair};
-pub use rotate::{RotateColumn, RotationReport, index_key_usage, key_usage, rotate};
+pub use rotate::{
+    RotateColumn, RotationReport, index_key_usage, key_usage, key_usage_where, rotate,
+};
 pub use state::MigrationState;
 pub use verify::{ColumnReport, MAX_LISTED_IDS, VerifyReport, verify};
 pub use work::{CLAIMS_TABLE, WORK_TABLE};

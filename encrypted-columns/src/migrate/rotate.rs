@@ -23,6 +23,7 @@ pub struct RotateColumn<T, C> {
     primary_key: String,
     encrypted: String,
     indexes: Vec<(String, &'static BlindIndex)>,
+    only: Option<Condition>,
     _types: PhantomData<fn() -> (T, C)>,
 }
 
@@ -34,8 +35,18 @@ impl<T: Plaintext + IndexArg<T>, C: ColumnContext> RotateColumn<T, C> {
             primary_key: primary_key.to_owned(),
             encrypted: encrypted.to_owned(),
             indexes: Vec::new(),
+            only: None,
             _types: PhantomData,
         }
+    }
+
+    /// Rotates only the rows matching `condition`; the others are neither read nor counted.
+    /// For columns that hold envelopes in some rows only, such as a subject-key table's
+    /// `wrapped_key`, where rows of other KEK providers hold that provider's wrapping:
+    /// `Condition::all().add(Expr::col(Alias::new("provider")).eq("keyring"))`.
+    pub fn only_where(mut self, condition: Condition) -> Self {
+        self.only = Some(condition);
+        self
     }
 
     /// Also recomputes blind-index column `column` (a single-field index over this column).
@@ -172,7 +183,12 @@ where
                 .add(substr(column, 1, 1).ne(version_byte.clone()));
         }
     }
-    let total = count(db, table, pk, enc, stale.clone()).await?;
+    // Rows outside the caller's filter are not this column's envelopes: never selected.
+    let selected = match &spec.only {
+        Some(only) => Condition::all().add(stale.clone()).add(only.clone()),
+        None => stale.clone(),
+    };
+    let total = count(db, table, pk, enc, selected.clone()).await?;
     info!(total, %target, "rotation starting");
 
     let mut report = RotationReport::default();
@@ -186,7 +202,7 @@ where
             .from(a(table))
             .and_where(Expr::col(a(pk)).gt(cursor))
             .and_where(Expr::col(a(enc)).is_not_null())
-            .cond_where(stale.clone())
+            .cond_where(selected.clone())
             .order_by(a(pk), Order::Asc)
             .limit(options.batch_size)
             .to_owned();
@@ -297,9 +313,10 @@ where
     }
     set_phase(db, table, enc, Phase::Backfilled).await?;
     report.finished = true;
-    report.rows_by_key = group_by_key(db, table, enc, substr(enc, 2, 4)).await?;
+    report.rows_by_key = group_by_key(db, table, enc, substr(enc, 2, 4), spec.only.clone()).await?;
     for (column, _) in &spec.indexes {
-        let by_key = group_by_key(db, table, column, substr(column, 1, 1)).await?;
+        let by_key =
+            group_by_key(db, table, column, substr(column, 1, 1), spec.only.clone()).await?;
         report.index_rows_by_key.insert(column.clone(), by_key);
     }
     info!(
@@ -356,7 +373,18 @@ pub async fn key_usage<D: ConnectionTrait>(
     column: &str,
 ) -> Result<BTreeMap<KeyId, u64>, DbErr> {
     check_columns(db, table, &[column]).await?;
-    group_by_key(db, table, column, substr(column, 2, 4)).await
+    group_by_key(db, table, column, substr(column, 2, 4), None).await
+}
+
+/// [`key_usage`] of the rows matching `condition` only (see [`RotateColumn::only_where`]).
+pub async fn key_usage_where<D: ConnectionTrait>(
+    db: &D,
+    table: &str,
+    column: &str,
+    condition: Condition,
+) -> Result<BTreeMap<KeyId, u64>, DbErr> {
+    check_columns(db, table, &[column]).await?;
+    group_by_key(db, table, column, substr(column, 2, 4), Some(condition)).await
 }
 
 /// How many rows of blind-index column `table.column` hold values of each blind-index key id.
@@ -366,7 +394,7 @@ pub async fn index_key_usage<D: ConnectionTrait>(
     column: &str,
 ) -> Result<BTreeMap<KeyId, u64>, DbErr> {
     check_columns(db, table, &[column]).await?;
-    group_by_key(db, table, column, substr(column, 1, 1)).await
+    group_by_key(db, table, column, substr(column, 1, 1), None).await
 }
 
 /// Rows per key id, read from the id bytes at the front of each stored value.
@@ -375,16 +403,20 @@ async fn group_by_key<D: ConnectionTrait>(
     table: &str,
     column: &str,
     key_expr: Expr,
+    only: Option<Condition>,
 ) -> Result<BTreeMap<KeyId, u64>, DbErr> {
     // Grouped by the output alias: PostgreSQL does not see `substr(col, $1, $2)` and
     // `substr(col, $3, $4)` as the same expression, so grouping by a second copy of it fails.
-    let q = Query::select()
+    let mut q = Query::select()
         .expr_as(key_expr, a("key_bytes"))
         .expr_as(Func::count(Expr::col(a(column))), a("n"))
         .from(a(table))
         .and_where(Expr::col(a(column)).is_not_null())
         .add_group_by([Expr::col(a("key_bytes"))])
         .to_owned();
+    if let Some(only) = only {
+        q.cond_where(only);
+    }
     let mut out = BTreeMap::new();
     for row in db.query_all(&q).await? {
         let bytes: Vec<u8> = row.try_get("", "key_bytes")?;

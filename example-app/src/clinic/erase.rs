@@ -8,9 +8,14 @@
 //! otherwise make erasure destroy another patient's key and keep this one's. All checks and
 //! deletions run in one transaction with the patient's row locked, and the transaction
 //! re-counts what is left before it commits, so an interrupted erase changes nothing and can
-//! simply be run again.
+//! simply be run again. The key row itself is destroyed by the library
+//! (`SubjectKeys::destroy`, in a savepoint of that transaction): it also refuses, naming the
+//! rows, while another `patient_keys` row holds a copy of the key (same wrapped bytes or check
+//! value), since deleting one copy would not shred it.
 
 use encrypted_columns::envelope::key_id_of;
+use encrypted_columns::subject_keys::SubjectKeyError;
+use encrypted_columns::subject_keys::table::LEGACY_PROVIDER;
 use encrypted_columns::{EncryptedString, Error as SealError, KeyId};
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseTransaction, DbBackend, EntityTrait, PaginatorTrait,
@@ -19,7 +24,7 @@ use sea_orm::{
 use tracing::info;
 
 use super::rows::{self, RawPatient, bound_to};
-use super::{Clinic, Res, db_err, seal_err};
+use super::{Clinic, Res, db_err, key_err, seal_err};
 use crate::entities::{
     audit_entry, clinical_note, consent_record, patient, patient_key, transcript,
 };
@@ -31,9 +36,15 @@ pub struct ErasureReport {
     /// The destroyed `patient_keys` row, and the envelope key id it held.
     pub key_row: i32,
     pub data_key_id: u32,
-    /// The clinic key that wrapped the destroyed data key: backups taken before the erase
-    /// hold the wrapped key, and open with this clinic key for as long as it exists.
-    pub wrapped_by_clinic_key: u32,
+    /// The clinic key that wrapped the destroyed data key (rows of provider `keyring`):
+    /// backups taken before the erase hold the wrapped key, and open with this clinic key for
+    /// as long as it exists. `None` when a KMS or HSM wrapped it (see `wrapped_by`).
+    pub wrapped_by_clinic_key: Option<u32>,
+    /// What wrapped the destroyed data key, in words.
+    pub wrapped_by: String,
+    /// The destroyed key's check value (hex), with which the copy check ran; `None` when the
+    /// row had none and its key did not unwrap (wrapped bytes were compared alone).
+    pub key_check_value: Option<String>,
     pub notes: u64,
     pub consents: u64,
     pub transcripts: u64,
@@ -79,21 +90,40 @@ impl Clinic {
                 list(&strays)
             ));
         }
-        let wrapped: Option<Vec<u8>> = patient_key::Entity::find_by_id(key_row)
-            .select_only()
-            .column(patient_key::Column::WrappedKey)
-            .into_tuple()
-            .one(&txn)
-            .await
-            .map_err(db_err)?;
-        let Some(wrapped) = wrapped else {
+        let stored: Option<(Vec<u8>, String, Option<String>)> =
+            patient_key::Entity::find_by_id(key_row)
+                .select_only()
+                .columns([
+                    patient_key::Column::WrappedKey,
+                    patient_key::Column::Provider,
+                    patient_key::Column::KekId,
+                ])
+                .into_tuple()
+                .one(&txn)
+                .await
+                .map_err(db_err)?;
+        let Some((wrapped, provider, kek_id)) = stored else {
             return Err(format!(
                 "refusing to erase patient {id}: its key row (patient_keys row {key_row}) is \
                  missing, so this erase cannot prove what it destroys; nothing was deleted"
             ));
         };
-        let wrapped_by = key_id_of(&wrapped)
-            .map_err(|e| format!("patient_keys row {key_row} is damaged: {e}"))?;
+        // Rows the clinic keyring wrapped name the clinic key that opens them in their
+        // envelope header; other providers' rows are opaque to the clinic.
+        let wrapped_by_clinic_key = if provider == LEGACY_PROVIDER {
+            Some(
+                key_id_of(&wrapped)
+                    .map_err(|e| format!("patient_keys row {key_row} is damaged: {e}"))?
+                    .0,
+            )
+        } else {
+            None
+        };
+        let wrapped_by = match (&wrapped_by_clinic_key, &kek_id) {
+            (Some(clinic_key), _) => format!("clinic key {clinic_key}"),
+            (None, Some(kek)) => format!("KEK {kek} of provider {provider}"),
+            (None, None) => format!("the KEK of provider {provider}"),
+        };
         // What a backup taken before now would hold: the e-mail envelope, as stored.
         let backup_copy = raw.email.clone();
         if txn.get_database_backend() == DbBackend::Sqlite {
@@ -127,11 +157,31 @@ impl Clinic {
             .await
             .map_err(db_err)?
             .rows_affected;
-        let key_rows = patient_key::Entity::delete_by_id(key_row)
-            .exec(&txn)
+        // The library destroys the key row: locked, deleted, then proven gone with no other
+        // row holding a copy of the key (same wrapped bytes or check value), in a savepoint of
+        // this transaction, so a refusal rolls the whole erasure back.
+        let destroyed = self
+            .subject_keys
+            .destroy(&txn, i64::from(key_row))
             .await
-            .map_err(db_err)?
-            .rows_affected;
+            .map_err(|e| match e {
+                SubjectKeyError::CopiesRemain { copies, .. } => format!(
+                    "refusing to erase patient {id}: {} other patient_keys row(s) hold a copy \
+                     of its data key (ids {}): destroying row {key_row} would not shred it. \
+                     Nothing was deleted",
+                    copies.len(),
+                    copies
+                        .iter()
+                        .map(i64::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                other => format!(
+                    "erasure of patient {id} stopped and rolled back: {}",
+                    key_err(key_row, &other)
+                ),
+            })?;
+        let key_rows = destroyed.deleted;
         // Checked before commit: a shortfall rolls everything back instead of leaving half an
         // erasure behind.
         let remaining_rows = remaining(&txn, id, key_row).await?;
@@ -184,7 +234,8 @@ impl Clinic {
             patient_id: id,
             key_row,
             data_key_id: expected.0,
-            wrapped_by_clinic_key: wrapped_by.0,
+            wrapped_by_clinic_key,
+            key_check_value: destroyed.check_value.map(|kcv| kcv.to_string()),
             notes,
             consents,
             transcripts,
@@ -192,19 +243,20 @@ impl Clinic {
             key_rows,
             remaining_rows,
             backup_copy_error,
-            not_reached: not_reached(wrapped_by, self.db.get_database_backend()),
+            not_reached: not_reached(&wrapped_by, self.db.get_database_backend()),
+            wrapped_by,
         })
     }
 }
 
 /// The limits of crypto-shredding with a live clinic key, stated for the report.
-fn not_reached(wrapped_by: KeyId, backend: DbBackend) -> Vec<String> {
+fn not_reached(wrapped_by: &str, backend: DbBackend) -> Vec<String> {
     let mut limits = vec![
         format!(
             "backups, dumps and replicas taken before now still hold the wrapped data key, and \
-             clinic key {wrapped_by} opens it: they keep the patient readable until they \
-             expire, or until the clinic key is rotated (`clinic keys rotate` to a new key) and \
-             key {wrapped_by} is destroyed everywhere"
+             {wrapped_by} opens it: they keep the patient readable until they expire, or until \
+             that key is rotated (`clinic keys rotate` to a new key, or the provider's KEK \
+             rotation) and the old one is destroyed everywhere"
         ),
         "those copies also keep the patient's blind-index values: whoever holds the \
          blind-index key can confirm a guessed e-mail, phone last 4 or name and birth date \

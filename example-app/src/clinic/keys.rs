@@ -1,36 +1,86 @@
-//! Patient data keys: where their envelope key ids come from, and keyrings that hold them.
+//! Patient data keys: the library's subject keys (`encrypted_columns::subject_keys`) over the
+//! `patient_keys` table, and keyrings that hold them.
+//!
+//! By default new keys are wrapped by the clinic keyring as envelopes of
+//! `patient_keys.wrapped_key` ([`KeyringKek`]), the format every existing row has; with
+//! [`Clinic::with_subject_kek`] a KMS or HSM wraps new keys while those rows stay readable.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use encrypted_columns::zeroize::Zeroizing;
-use encrypted_columns::{EncryptedBytes, KeyId, Keyring};
-use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QuerySelect};
+use encrypted_columns::kek::{KekError, KeyEncryptionKey, KeyringKek};
+use encrypted_columns::subject_keys::table::LEGACY_PROVIDER;
+use encrypted_columns::subject_keys::{
+    DEFAULT_ID_BASE, SubjectKeyError, SubjectKeyIds, SubjectKeys,
+};
+use encrypted_columns::{Context, KeyId, Keyring};
+use sea_orm::{ConnectionTrait, EntityTrait, QuerySelect};
 
 use super::{Clinic, Res, db_err, seal_err};
-use crate::entities::{patient, patient_key};
+use crate::entities::patient;
+
+/// The table of patient data keys.
+pub const KEY_TABLE: &str = "patient_keys";
 
 /// Envelope key ids at and above this are patient data keys; the clinic's own key ids must
 /// stay below it (checked when keys are loaded).
-pub const DATA_KEY_ID_BASE: u32 = 0x8000_0000;
+pub const DATA_KEY_ID_BASE: u32 = DEFAULT_ID_BASE;
+
+/// The subject keys of `patient_keys`, new keys wrapped by `master` as envelopes of
+/// `patient_keys.wrapped_key` (unchanged format).
+pub(super) fn subject_keys(master: &Arc<Keyring>) -> SubjectKeys {
+    let kek = KeyringKek::for_context(Arc::clone(master), Context::new(KEY_TABLE, "wrapped_key"));
+    SubjectKeys::new(KEY_TABLE, Arc::new(kek))
+}
 
 /// The envelope key id of the data key in `patient_keys` row `row`: one-to-one for rows
 /// 1..=i32::MAX (ids 0x8000_0001..=0xFFFF_FFFF). Any other row number is a damaged or
 /// tampered `key_id`, refused rather than mapped onto some other patient's key.
 pub fn data_key_id(row: i32) -> Res<KeyId> {
-    match u32::try_from(row) {
-        Ok(n) if n > 0 => Ok(KeyId(DATA_KEY_ID_BASE + n)),
-        _ => Err(format!(
-            "key row {row} is not a valid patient_keys id (ids start at 1); the row is damaged"
-        )),
-    }
+    SubjectKeyIds::default()
+        .key_id(i64::from(row))
+        .map_err(|_| {
+            format!(
+                "key row {row} is not a valid patient_keys id (ids start at 1); the row is \
+                 damaged"
+            )
+        })
 }
 
 /// The `patient_keys` row a data key id names, if it is one.
 pub fn key_row_of_id(id: KeyId) -> Option<i32> {
-    id.0.checked_sub(DATA_KEY_ID_BASE)
+    SubjectKeyIds::default()
+        .row_of(id)
         .and_then(|n| i32::try_from(n).ok())
-        .filter(|n| *n > 0)
+}
+
+/// A patient key row's failure as one line, in the clinic's words.
+pub fn key_err(row: i32, err: &SubjectKeyError) -> String {
+    match err {
+        SubjectKeyError::Missing { .. } => format!(
+            "patient_keys row {row} is not in the database: the patient was erased or the key \
+             row is missing"
+        ),
+        SubjectKeyError::InvalidRow { .. } => {
+            data_key_id(row).err().unwrap_or_else(|| err.to_string())
+        }
+        // The clinic keyring's envelope did not authenticate: the clinic key under that id
+        // is not the one that wrapped it (wrong key bytes), or the row was modified.
+        SubjectKeyError::Kek {
+            source: KekError::Unwrap { provider, .. },
+            ..
+        } if provider == LEGACY_PROVIDER => format!(
+            "patient_keys row {row} does not open: authentication failed with the clinic key \
+             its envelope names (another key under that id, or the row was modified)"
+        ),
+        SubjectKeyError::Kek { source, .. } => {
+            format!("patient_keys row {row} does not open: {source}")
+        }
+        SubjectKeyError::Keyring { source, .. } => {
+            format!("patient_keys row {row}: {}", seal_err(source))
+        }
+        other => format!("patient_keys row {row} does not open: {other}"),
+    }
 }
 
 /// A reading keyring and the key rows that could not be put in it.
@@ -41,23 +91,18 @@ pub struct ReadingKeys {
     pub broken: BTreeMap<i32, String>,
 }
 
-/// Opens the wrapped data key of `patient_keys` row `row` with the clinic keyring.
-fn unwrap_key(master: &Keyring, row: i32, wrapped: Vec<u8>) -> Res<(KeyId, Zeroizing<[u8; 32]>)> {
-    let id = data_key_id(row)?;
-    let opened =
-        EncryptedBytes::<patient_key::ctx::WrappedKey>::from_envelope_with(master, wrapped)
-            .map_err(|e| format!("patient_keys row {row} does not open: {}", seal_err(&e)))?;
-    let mut key = Zeroizing::new([0u8; 32]);
-    if opened.expose().len() != key.len() {
-        return Err(format!(
-            "patient_keys row {row} does not hold a 32-byte key; the row is damaged"
-        ));
-    }
-    key.copy_from_slice(opened.expose());
-    Ok((id, key))
-}
-
 impl Clinic {
+    /// Wraps new patient keys with `kek` (a KMS or HSM) from now on; rows wrapped by the
+    /// clinic keyring (provider `keyring`) stay readable.
+    // No caller yet: the KMS/HSM provider configuration (issue 12) is a separate change.
+    #[allow(dead_code)]
+    pub fn with_subject_kek(self, kek: Arc<dyn KeyEncryptionKey>) -> Self {
+        Clinic {
+            subject_keys: self.subject_keys.with_kek(kek),
+            ..self
+        }
+    }
+
     /// A keyring that opens the clinic's values and the data keys of `key_rows` (decrypt-only;
     /// the clinic key stays active). Keys of erased patients are simply absent; a key row
     /// that exists but does not open fails the whole call (see [`Clinic::reading_keys`]).
@@ -75,43 +120,28 @@ impl Clinic {
 
     /// Like [`Clinic::reading_ring`], but a damaged key row only costs its own patient: it is
     /// left out of the ring and named in [`ReadingKeys::broken`], so listings can still show
-    /// everyone else.
+    /// everyone else. One query per 500 rows, unwraps in one concurrent batch, each key
+    /// checked against its row's check value.
     pub async fn reading_keys<C: ConnectionTrait>(
         &self,
         db: &C,
         key_rows: impl IntoIterator<Item = i32>,
     ) -> Res<ReadingKeys> {
-        let rows: BTreeSet<i32> = key_rows.into_iter().collect();
-        let mut ring = (*self.master).clone();
-        let mut broken = BTreeMap::new();
-        // Raw bytes, opened one by one below: one bad row must not fail the query.
-        let mut stored: Vec<(i32, Vec<u8>)> = Vec::new();
-        let rows: Vec<i32> = rows.into_iter().collect();
-        // Chunks keep the IN list under every backend's placeholder limit.
-        for chunk in rows.chunks(5_000) {
-            stored.extend(
-                patient_key::Entity::find()
-                    .select_only()
-                    .columns([patient_key::Column::Id, patient_key::Column::WrappedKey])
-                    .filter(patient_key::Column::Id.is_in(chunk.iter().copied()))
-                    .into_tuple::<(i32, Vec<u8>)>()
-                    .all(db)
-                    .await
-                    .map_err(db_err)?,
-            );
-        }
-        for (row, wrapped) in stored {
-            match unwrap_key(&self.master, row, wrapped) {
-                Ok((id, key)) => ring
-                    .add_key(id, *key)
-                    .map_err(|e| format!("patient_keys row {row}: {e}"))?,
-                Err(reason) => {
-                    broken.insert(row, reason);
-                }
-            }
-        }
+        let opened = self
+            .subject_keys
+            .keyring(db, &self.master, key_rows.into_iter().map(i64::from))
+            .await
+            .map_err(|e| format!("cannot read patient keys: {e}"))?;
+        let broken = opened
+            .broken
+            .iter()
+            .filter_map(|(row, err)| {
+                let row = i32::try_from(*row).ok()?;
+                Some((row, key_err(row, err)))
+            })
+            .collect();
         Ok(ReadingKeys {
-            ring: Arc::new(ring),
+            ring: opened.ring,
             broken,
         })
     }
@@ -123,6 +153,17 @@ impl Clinic {
             .promote(data_key_id(key_row)?)
             .map_err(|_| "this patient's data key is gone: the patient was erased".to_string())?;
         Ok(sealing)
+    }
+
+    /// Stores the check value of key row `key_row` if it has none yet (rows written before
+    /// migration 12: trusted on first use). Called where the clinic writes for one patient
+    /// anyway (updating a patient, erasing one), so old databases gain check values as they
+    /// are used, without a separate pass.
+    pub async fn fill_check_value<C: ConnectionTrait>(&self, db: &C, key_row: i32) -> Res<bool> {
+        self.subject_keys
+            .fill_check_value(db, i64::from(key_row))
+            .await
+            .map_err(|e| key_err(key_row, &e))
     }
 
     /// The `patient_keys` row of patient `id`, or a clear error if there is no such patient.

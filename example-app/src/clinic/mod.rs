@@ -2,8 +2,12 @@
 //!
 //! Key hierarchy (envelope encryption):
 //!
-//! * the **clinic keyring** (from `ENCRYPTED_COLUMNS_KEYS`) seals each patient's data key in
-//!   `patient_keys.wrapped_key`, the legacy table and audit entries about no one patient;
+//! * the **clinic keyring** (from `ENCRYPTED_COLUMNS_KEYS`) seals the legacy table and audit
+//!   entries about no one patient, and by default wraps each patient's data key in
+//!   `patient_keys.wrapped_key` (provider `keyring`; [`Clinic::with_subject_kek`] hands new
+//!   keys to a KMS or HSM instead). `patient_keys` is the library's subject-key table
+//!   (`encrypted_columns::subject_keys`, columns added by migration 12): each row also names
+//!   its provider and KEK and holds its key's check value;
 //! * each **patient data key** (32 random bytes) seals that patient's own fields, notes,
 //!   consents, transcripts and audit details. Its key id in the envelopes is
 //!   [`DATA_KEY_ID_BASE`] + the `patient_keys` row id, so rows of many patients can be read in
@@ -25,6 +29,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use chrono::NaiveDate;
+use encrypted_columns::subject_keys::SubjectKeys;
 use encrypted_columns::{EncryptedString, Error as SealError, Keyring};
 use migration::{Migrator, MigratorTrait};
 use sea_orm::sea_query::{Alias, Query};
@@ -32,7 +37,7 @@ use sea_orm::{ConnectionTrait, DatabaseConnection, DbErr};
 
 use crate::entities::patient;
 
-pub use keys::{DATA_KEY_ID_BASE, data_key_id, key_row_of_id};
+pub use keys::{DATA_KEY_ID_BASE, data_key_id, key_err, key_row_of_id};
 pub use rows::{Listing, Unbound, bound_to};
 
 /// A failure with one line a person can act on.
@@ -87,17 +92,26 @@ pub struct PatientChanges {
     pub active: Option<bool>,
 }
 
-/// The clinic: a connection, the clinic keyring, and who is acting (for the audit log).
+/// The clinic: a connection, the clinic keyring, the patient data keys, and who is acting
+/// (for the audit log).
 pub struct Clinic {
     pub db: DatabaseConnection,
     master: Arc<Keyring>,
+    subject_keys: SubjectKeys,
     actor: String,
 }
 
 impl Clinic {
-    /// Wraps a connection whose schema is up to date (see [`Clinic::check_schema`]).
+    /// Wraps a connection whose schema is up to date (see [`Clinic::check_schema`]). Patient
+    /// keys are wrapped by `master` until [`Clinic::with_subject_kek`] names a KMS or HSM.
     pub fn new(db: DatabaseConnection, master: Arc<Keyring>, actor: String) -> Self {
-        Clinic { db, master, actor }
+        let subject_keys = keys::subject_keys(&master);
+        Clinic {
+            db,
+            master,
+            subject_keys,
+            actor,
+        }
     }
 
     /// The clinic keyring.

@@ -3,8 +3,8 @@
 use std::sync::Arc;
 
 use chrono::Utc;
-use encrypted_columns::keyring::{self, generate_key};
-use encrypted_columns::{EncryptedBytes, Error as SealError, Keyring};
+use encrypted_columns::keyring;
+use encrypted_columns::{Error as SealError, Keyring};
 use sea_orm::ActiveValue::Set;
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, IntoActiveModel, PaginatorTrait,
@@ -13,11 +13,8 @@ use sea_orm::{
 use tracing::info;
 
 use super::rows::{self, Listing, RawPatient, Unreadable};
-use super::{
-    Clinic, NewPatient, PatientChanges, Res, data_key_id, db_err, duplicate_or_db_err, seal,
-    seal_err,
-};
-use crate::entities::{patient, patient_key};
+use super::{Clinic, NewPatient, PatientChanges, Res, db_err, duplicate_or_db_err, seal, seal_err};
+use crate::entities::patient;
 
 impl Clinic {
     /// Loads patient `id` with its data key; the ring can also seal for this patient.
@@ -58,21 +55,24 @@ impl Clinic {
     }
 
     /// Stores a new patient with a fresh data key through `txn` (which the caller commits).
-    pub async fn add_patient_in<C: ConnectionTrait>(&self, txn: &C, new: NewPatient) -> Res<i32> {
-        let key = generate_key();
-        let wrapped =
-            EncryptedBytes::<patient_key::ctx::WrappedKey>::new_with(&self.master, key.to_vec())
-                .map_err(|e| e.to_string())?;
-        let key_row = patient_key::ActiveModel {
-            wrapped_key: Set(wrapped),
-            created_at: Set(Utc::now()),
-            ..Default::default()
-        }
-        .insert(txn)
-        .await
-        .map_err(db_err)?
-        .id;
-        let ring = self.master.with_data_key(data_key_id(key_row)?, *key);
+    /// The key row is created in a savepoint of `txn`, wrapped by the clinic's subject KEK.
+    pub async fn add_patient_in<C: ConnectionTrait + TransactionTrait>(
+        &self,
+        txn: &C,
+        new: NewPatient,
+    ) -> Res<i32> {
+        let key = self
+            .subject_keys
+            .create(txn)
+            .await
+            .map_err(|e| format!("cannot create the patient's data key: {e}"))?;
+        let key_row = i32::try_from(key.row()).map_err(|_| {
+            format!(
+                "patient_keys row {} is beyond the clinic's key_id column (i32)",
+                key.row()
+            )
+        })?;
+        let ring = key.sealing_ring(&self.master);
         let now = Utc::now();
         let row = patient::ActiveModel {
             key_id: Set(key_row),
@@ -111,6 +111,8 @@ impl Clinic {
     pub async fn update_patient(&self, id: i32, changes: PatientChanges) -> Res<patient::Model> {
         let txn = self.db.begin().await.map_err(db_err)?;
         let (model, ring) = self.load_patient(&txn, id).await?;
+        // A write for this patient anyway: give a pre-migration-12 key row its check value.
+        self.fill_check_value(&txn, model.key_id).await?;
         let mut row = model.into_active_model();
         let mut changed = Vec::new();
         if let Some(v) = changes.first_name {

@@ -922,8 +922,14 @@ async fn replace_into_is_refused_on_mariadb() {
         // Migration 10 rolls back and forward on MariaDB too (`at` back to whole seconds and
         // to microseconds again); the entries stay, as written before the chain.
         use migration::{Migrator, MigratorTrait};
-        // Two steps: migration 11 (the key store) is applied after migration 10.
-        Migrator::down(&conn, Some(2)).await.expect("down");
+        // Down to just before migration 10, however many came after it.
+        let after_chain = Migrator::migrations()
+            .iter()
+            .rev()
+            .position(|m| m.name() == "m20261129_000010_chain_audit_log")
+            .expect("the chain migration");
+        let steps = u32::try_from(after_chain + 1).expect("few migrations");
+        Migrator::down(&conn, Some(steps)).await.expect("down");
         Migrator::up(&conn, None).await.expect("up");
         let out = clinic_ok(&url, &keys, &["audit", "verify"]);
         assert!(out.contains("4 entries written before the chain"), "{out}");
@@ -961,8 +967,15 @@ fn chain_migration_rolls_back_and_forward_on_sqlite() {
             db.display()
         )))
         .expect("opens");
-    // Two steps: migration 11 (the key store) is applied after the chain's migration 10.
-    rt.block_on(Migrator::down(&conn, Some(2))).expect("down");
+    // Down to just before the chain migration, however many came after it.
+    let after_chain = Migrator::migrations()
+        .iter()
+        .rev()
+        .position(|m| m.name() == "m20261129_000010_chain_audit_log")
+        .expect("the chain migration");
+    let steps = u32::try_from(after_chain + 1).expect("few migrations");
+    rt.block_on(Migrator::down(&conn, Some(steps)))
+        .expect("down");
     assert_eq!(chain_parts(&db), 0);
     // The append-only triggers of migration 8 are untouched.
     let err = rt

@@ -40,9 +40,9 @@ pub(super) async fn erasure(clinic: &Clinic, victim: i32) -> Result<(), String> 
     );
     say!(
         "   Not reached yet: a backup taken before the erase still holds the wrapped data key, \
-         which clinic key {} opens, until the backup expires or the clinic key is rotated and \
-         the old one destroyed (README, \"Erasure\").",
-        report.wrapped_by_clinic_key
+         which {} opens, until the backup expires or that key is rotated and the old one \
+         destroyed (README, \"Erasure\").",
+        report.wrapped_by
     );
     Ok(())
 }
