@@ -283,6 +283,100 @@ backend_tests!(
 );
 
 backend_tests!(
+    /// `SubjectKeys::rewrap` moves every row of one KEK to another: stopped after one row and
+    /// re-run it finishes (counting the moved row as done), rows of a third KEK are left and
+    /// counted, a row changed meanwhile is not overwritten, and afterwards the new KEK alone
+    /// opens every moved subject while the old one opens none of them.
+    rewrap_moves_every_row_resumably,
+    |db: &TestDb| async move {
+        create_tables(&db.conn).await?;
+        let app = Arc::new(Keyring::generate());
+        let kek_a: Arc<dyn KeyEncryptionKey> = Arc::new(StaticKek::generate("kek-a"));
+        let kek_b: Arc<dyn KeyEncryptionKey> = Arc::new(StaticKek::generate("kek-b"));
+        let third: Arc<dyn KeyEncryptionKey> = Arc::new(StaticKek::generate("kek-3"));
+        let keys = SubjectKeys::new(TABLE, Arc::clone(&kek_a));
+        let mut subjects = Vec::new();
+        for i in 0..3u8 {
+            let s = keys.create(&db.conn).await?;
+            let envelope = s.sealing_ring(&app).seal(NOTES, &[b'a' + i])?;
+            subjects.push((s.row(), envelope));
+        }
+        let other = SubjectKeys::new(TABLE, Arc::clone(&third)).create(&db.conn).await?;
+        let before = key_bytes(&db.conn, subjects[0].0, table::CHECK_VALUE).await?;
+
+        // Stopped after the first moved row.
+        let stopped = keys
+            .rewrap(&db.conn, kek_a.as_ref(), kek_b.as_ref(), |_| {
+                std::ops::ControlFlow::Break(())
+            })
+            .await?;
+        assert!(stopped.stopped && !stopped.finished());
+        assert_eq!(stopped.rewrapped, 1);
+        // A fresh reader with only kek-a no longer opens the moved row: it really moved.
+        let only_a = SubjectKeys::new(TABLE, Arc::clone(&kek_a));
+        let mut opened = only_a.keyring(&db.conn, &app, [subjects[0].0]).await?;
+        assert!(opened.take_error(subjects[0].0).is_err());
+
+        // Re-run: finishes, counting the first row as already done.
+        let mut seen = 0;
+        let done = keys
+            .rewrap(&db.conn, kek_a.as_ref(), kek_b.as_ref(), |_| {
+                seen += 1;
+                std::ops::ControlFlow::Continue(())
+            })
+            .await?;
+        assert!(done.finished(), "{done:?}");
+        assert_eq!((done.rewrapped, done.already_done, seen), (2, 1, 2));
+        assert_eq!(
+            done.untouched.get(&("static".to_owned(), "kek-3".to_owned())),
+            Some(&1)
+        );
+        // The keys did not change: same check value, and the new KEK alone opens everything.
+        assert_eq!(key_bytes(&db.conn, subjects[0].0, table::CHECK_VALUE).await?, before);
+        let only_b = SubjectKeys::new(TABLE, Arc::clone(&kek_b));
+        let rows: Vec<i64> = subjects.iter().map(|(r, _)| *r).collect();
+        let opened = only_b.keyring(&db.conn, &app, rows.clone()).await?;
+        assert!(opened.broken.is_empty(), "{:?}", opened.broken);
+        for (i, (_, envelope)) in subjects.iter().enumerate() {
+            assert_eq!(opened.ring.open(NOTES, envelope)?.as_slice(), &[b'a' + i as u8]);
+        }
+        let provider = key_bytes(&db.conn, other.row(), table::WRAPPED_KEY).await?;
+        assert!(provider.is_some());
+        let opened = SubjectKeys::new(TABLE, Arc::clone(&third))
+            .keyring(&db.conn, &app, [other.row()])
+            .await?;
+        assert!(opened.broken.is_empty(), "the third KEK's row was touched");
+
+        // Nothing left under kek-a: a third run moves nothing and finds all three done.
+        let again = keys
+            .rewrap(&db.conn, kek_a.as_ref(), kek_b.as_ref(), |_| {
+                std::ops::ControlFlow::Continue(())
+            })
+            .await?;
+        assert_eq!((again.rewrapped, again.already_done), (0, 3));
+
+        // A wrapped key tampered with: the rewrap fails naming the row, and writes nothing.
+        let tampered_row = rows[1];
+        let mut bytes = key_bytes(&db.conn, tampered_row, table::WRAPPED_KEY).await?.ok_or("null")?;
+        bytes[30] ^= 1;
+        set_key_column(&db.conn, tampered_row, table::WRAPPED_KEY, bytes.clone().into()).await?;
+        let kek_c: Arc<dyn KeyEncryptionKey> = Arc::new(StaticKek::generate("kek-c"));
+        let err = keys
+            .rewrap(&db.conn, kek_b.as_ref(), kek_c.as_ref(), |_| {
+                std::ops::ControlFlow::Continue(())
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.row(), Some(tampered_row), "{err}");
+        assert_eq!(
+            key_bytes(&db.conn, tampered_row, table::WRAPPED_KEY).await?,
+            Some(bytes)
+        );
+        Ok(())
+    }
+);
+
+backend_tests!(
     /// With a provider that binds no key id (KeyringKek), wrapped keys swapped between rows
     /// are caught by the check values; a copied row is found by destroy, which then refuses
     /// and deletes nothing; a NULL check value is filled on first use.

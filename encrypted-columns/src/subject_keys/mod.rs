@@ -56,6 +56,7 @@ mod destroy;
 mod error;
 mod key_id;
 mod open;
+mod rewrap;
 pub mod table;
 
 use std::fmt;
@@ -66,6 +67,7 @@ pub use destroy::DestroyReport;
 pub use error::SubjectKeyError;
 pub use key_id::{DEFAULT_ID_BASE, SubjectKeyIds};
 pub use open::{SubjectKey, SubjectRing};
+pub use rewrap::{SubjectRewrapProgress, SubjectRewrapReport};
 
 use crate::kek::KeyEncryptionKey;
 use cache::KeyCache;

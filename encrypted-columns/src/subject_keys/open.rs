@@ -181,7 +181,7 @@ impl SubjectKeys {
         row_id(&returned, &self.table).map_err(self.db_err())
     }
 
-    fn wrap_context(&self, key_id: KeyId) -> WrapContext {
+    pub(super) fn wrap_context(&self, key_id: KeyId) -> WrapContext {
         WrapContext::new(key_id.0, KeyPurpose::Subject.as_str(), self.table.as_str())
     }
 
@@ -316,14 +316,14 @@ impl SubjectKeys {
         Ok(out)
     }
 
-    fn select(&self) -> SelectStatement {
+    pub(super) fn select(&self) -> SelectStatement {
         Query::select()
             .columns([ID, WRAPPED_KEY, PROVIDER, KEK_ID, CHECK_VALUE].map(Alias::new))
             .from(Alias::new(&self.table))
             .to_owned()
     }
 
-    fn stored(&self, result: &QueryResult) -> Result<StoredKey, SubjectKeyError> {
+    pub(super) fn stored(&self, result: &QueryResult) -> Result<StoredKey, SubjectKeyError> {
         let row = row_id(result, &self.table).map_err(self.db_err())?;
         let get_err = |e: sea_orm::DbErr| SubjectKeyError::Damaged {
             row,

@@ -94,8 +94,6 @@ pub struct ReadingKeys {
 impl Clinic {
     /// Wraps new patient keys with `kek` (a KMS or HSM) from now on; rows wrapped by the
     /// clinic keyring (provider `keyring`) stay readable.
-    // No caller yet: the KMS/HSM provider configuration (issue 12) is a separate change.
-    #[allow(dead_code)]
     pub fn with_subject_kek(self, kek: Arc<dyn KeyEncryptionKey>) -> Self {
         Clinic {
             subject_keys: self.subject_keys.with_kek(kek),

@@ -37,7 +37,7 @@ use sea_orm::{ConnectionTrait, DatabaseConnection, DbErr};
 
 use crate::entities::patient;
 
-pub use keys::{DATA_KEY_ID_BASE, data_key_id, key_err, key_row_of_id};
+pub use keys::{DATA_KEY_ID_BASE, KEY_TABLE, data_key_id, key_err, key_row_of_id};
 pub use rows::{Listing, Unbound, bound_to};
 
 /// A failure with one line a person can act on.

@@ -8,10 +8,11 @@ use std::sync::Arc;
 use encrypted_columns::kek::KeyEncryptionKey;
 use encrypted_columns::keyring::KeyPurpose;
 use encrypted_columns::keystore::{KeyState, StoredKey};
+use encrypted_columns::subject_keys::{CacheConfig, SubjectKeys};
 use sea_orm::DatabaseConnection;
 use serde::Serialize;
 
-use crate::clinic::Clinic;
+use crate::clinic::{Clinic, KEY_TABLE};
 use crate::commands::{Global, print_json};
 use crate::connect::connect;
 use crate::kek::{CLINIC_KEK, Settings};
@@ -172,6 +173,12 @@ struct RewrapSummary {
     rewrapped: usize,
     already_done: usize,
     untouched: Vec<String>,
+    /// Patient data keys moved to the new KEK.
+    patient_keys_rewrapped: usize,
+    /// Patient data keys already under it (an earlier, interrupted run).
+    patient_keys_already_done: usize,
+    /// Patient data keys under another wrapping (the clinic keyring), left as they are.
+    patient_keys_untouched: usize,
 }
 
 /// Where `clinic keys rewrap` moves the keys: exactly one of its `--to-…` options.
@@ -214,6 +221,39 @@ pub async fn rewrap(global: &Global, target: RewrapTarget) -> Result<(), String>
         })
         .await
         .map_err(|e| format!("cannot rewrap: {}", store_message(&e)))?;
+    // Then the patients' data keys that this KEK wraps (those the clinic keyring wraps stay:
+    // they follow the clinic key, which the store just moved).
+    let patients = SubjectKeys::new(KEY_TABLE, Arc::clone(&from))
+        .with_cache(CacheConfig::disabled())
+        .rewrap(&db, &*from, &*to, |p| {
+            eprintln!(
+                "rewrapped patient data key row {} ({} moved)",
+                p.row, p.rewrapped
+            );
+            ControlFlow::Continue(())
+        })
+        .await
+        .map_err(|e| {
+            format!(
+                "cannot rewrap the patients' data keys: {}; the clinic's own keys are already \
+                 under the new KEK: run `clinic keys rewrap` again (with the old KEK's settings) \
+                 to finish",
+                e
+            )
+        })?;
+    if !patients.changed_concurrently.is_empty() {
+        return Err(format!(
+            "{} patient data key row(s) changed while this ran ({}); nothing of theirs was \
+             overwritten: run `clinic keys rewrap` again",
+            patients.changed_concurrently.len(),
+            patients
+                .changed_concurrently
+                .iter()
+                .map(i64::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
     if !report.changed_concurrently.is_empty() {
         let keys: Vec<String> = report
             .changed_concurrently
@@ -233,6 +273,9 @@ pub async fn rewrap(global: &Global, target: RewrapTarget) -> Result<(), String>
         rewrapped: report.rewrapped.len(),
         already_done: report.already_done.len(),
         untouched: report.untouched.iter().map(StoredKey::label).collect(),
+        patient_keys_rewrapped: patients.rewrapped,
+        patient_keys_already_done: patients.already_done,
+        patient_keys_untouched: patients.untouched.values().sum(),
     };
     if global.json {
         return print_json(&summary);
@@ -244,6 +287,13 @@ pub async fn rewrap(global: &Global, target: RewrapTarget) -> Result<(), String>
         summary.to,
         summary.already_done
     );
+    say!(
+        "Rewrapped {} patient data key(s) ({} already there; {} wrapped by the clinic keyring \
+         follow the clinic key and stay as they are).",
+        summary.patient_keys_rewrapped,
+        summary.patient_keys_already_done,
+        summary.patient_keys_untouched
+    );
     if !summary.untouched.is_empty() {
         say!(
             "Under neither KEK, left alone: {}.",
@@ -254,6 +304,7 @@ pub async fn rewrap(global: &Global, target: RewrapTarget) -> Result<(), String>
         "From now on run the clinic with the new KEK: {}.",
         match to.provider() {
             "static" => "CLINIC_KEK=static and CLINIC_KEK_STATIC set to the new KEK",
+            "aws-kms" => "CLINIC_KEK=aws-kms and CLINIC_AWS_KMS_KEY set to the new key",
             _ => "CLINIC_KEK=pkcs11 and CLINIC_PKCS11_KEY set to the new label",
         }
     );

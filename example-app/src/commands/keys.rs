@@ -8,9 +8,12 @@
 use std::collections::BTreeMap;
 
 use encrypted_columns::migrate::{self, Progress, RotateColumn, RunOptions};
+use encrypted_columns::subject_keys;
 use encrypted_columns::{ColumnContext, KeyId, Plaintext, blind_index::IndexArg};
 use indicatif::{ProgressBar, ProgressStyle};
 use sea_orm::DatabaseConnection;
+use sea_orm::sea_query::{Alias, Expr, ExprTrait};
+use sea_orm::{Condition, EntityTrait, PaginatorTrait};
 use serde::Serialize;
 
 use crate::clinic::{DATA_KEY_ID_BASE, db_err};
@@ -59,18 +62,27 @@ pub async fn status(global: &Global) -> Result<(), String> {
     let mut values_by_key = BTreeMap::new();
     let mut used = BTreeMap::<u32, u64>::new();
     for (table, column) in CLINIC_KEY_COLUMNS {
-        let usage = migrate::key_usage(&clinic.db, table, column)
-            .await
-            .map_err(db_err)?;
+        let usage = match (table, column) {
+            // Only the rows the clinic keyring wraps are envelopes; a KMS or HSM wraps the rest.
+            ("patient_keys", "wrapped_key") => {
+                migrate::key_usage_where(&clinic.db, table, column, keyring_wrapped())
+                    .await
+                    .map_err(db_err)?
+            }
+            _ => migrate::key_usage(&clinic.db, table, column)
+                .await
+                .map_err(db_err)?,
+        };
         let usage: BTreeMap<u32, u64> = usage.into_iter().map(|(k, n)| (k.0, n)).collect();
         for (k, n) in &usage {
             *used.entry(*k).or_default() += n;
         }
         values_by_key.insert(format!("{table}.{column}"), usage);
     }
-    let patient_data_keys = values_by_key
-        .get("patient_keys.wrapped_key")
-        .map_or(0, |m| m.values().sum());
+    let patient_data_keys = patient_key::Entity::find()
+        .count(&clinic.db)
+        .await
+        .map_err(db_err)?;
     let index_values_by_key = crate::commands::index::blind_index_usage(&clinic.db).await?;
     let audit_macs = crate::commands::index::audit_mac_usage(&clinic.db).await?;
     let retirable_blind_index_keys =
@@ -243,11 +255,14 @@ pub async fn rotate_all(
         }
         resealed.insert(name, report.resealed);
     };
+    // Only data keys the clinic keyring wraps are re-encrypted; those a KMS or HSM wraps do
+    // not depend on the clinic key (`keys rewrap` moves them between KEKs).
     let spec = RotateColumn::<Vec<u8>, patient_key::ctx::WrappedKey>::new(
         "patient_keys",
         "id",
         "wrapped_key",
-    );
+    )
+    .only_where(keyring_wrapped());
     run(
         "patient_keys.wrapped_key".into(),
         one("patient_keys.wrapped_key", db, &spec, &options, chatty).await?,
@@ -327,4 +342,12 @@ where
         say!("  {name:<32} re-encrypted {} value(s)", report.resealed);
     }
     Ok(report)
+}
+
+/// The `patient_keys` rows whose data key the clinic keyring wraps (an envelope).
+fn keyring_wrapped() -> Condition {
+    Condition::all().add(ExprTrait::eq(
+        Expr::col(Alias::new(subject_keys::table::PROVIDER)),
+        subject_keys::table::LEGACY_PROVIDER,
+    ))
 }

@@ -42,11 +42,21 @@ impl Global {
     /// Fails before writing anything if one is missing or wrong.
     pub async fn open(&self) -> Result<Clinic, String> {
         let source = crate::keys::source().await?;
+        // With a KEK provider configured, it also wraps new patients' data keys; rows wrapped
+        // by the clinic keyring before stay readable.
+        let subject_kek = match &source {
+            crate::keys::Source::Kek(kek) => Some(Arc::clone(kek)),
+            crate::keys::Source::Environment(_) => None,
+        };
         let db = connect(self.url()).await?;
         Clinic::check_schema(&db).await?;
         let ring = Arc::new(crate::keys::resolve(source, &db).await?);
         keyring::install(Arc::clone(&ring));
-        Ok(Clinic::new(db, ring, self.actor.clone()))
+        let clinic = Clinic::new(db, ring, self.actor.clone());
+        Ok(match subject_kek {
+            Some(kek) => clinic.with_subject_kek(kek),
+            None => clinic,
+        })
     }
 }
 

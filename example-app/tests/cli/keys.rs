@@ -283,10 +283,10 @@ fn keys_kek_settings_are_checked_and_never_echoed() {
 
 // --- PKCS#11 (SoftHSM2) ------------------------------------------------------------------------
 
-const PIN: &str = "user-pin-5678";
+pub(crate) const PIN: &str = "user-pin-5678";
 
 /// A SoftHSM2 configuration with one fresh token, for the `clinic` processes of one test.
-fn softhsm_token(dir: &std::path::Path, label: &str) -> Option<(String, String)> {
+pub(crate) fn softhsm_token(dir: &std::path::Path, label: &str) -> Option<(String, String)> {
     let Ok(module) = std::env::var("TEST_SOFTHSM2_MODULE") else {
         eprintln!("skipped: TEST_SOFTHSM2_MODULE not set");
         return None;

@@ -343,7 +343,10 @@ fn migrate_legacy_walks_every_phase_and_refuses_steps_out_of_order() {
 
     let out = run(&["migrate-legacy", "status"]);
     assert_one_line_failure(&out, "run `clinic init` first");
-    assert!(ok(&["init"]).contains(&format!("Applied {} migration(s)", <migration::Migrator as migration::MigratorTrait>::migrations().len())));
+    assert!(ok(&["init"]).contains(&format!(
+        "Applied {} migration(s)",
+        <migration::Migrator as migration::MigratorTrait>::migrations().len()
+    )));
     assert!(ok(&["migrate-legacy", "seed", "--rows", "1200"]).contains("plaintext only"));
     let status = ok(&["migrate-legacy", "status"]);
     assert!(status.contains("legacy_patients: 1200 row(s)"), "{status}");
@@ -488,7 +491,10 @@ fn every_command_on_sqlite() {
     let s = Session::new("commands");
     // Before init: a pointer to `clinic init`, not a SQL error.
     s.refused(&["patient", "list"], "run `clinic init` first");
-    assert!(s.ok(&["init"]).contains(&format!("Applied {} migration(s)", <migration::Migrator as migration::MigratorTrait>::migrations().len())));
+    assert!(s.ok(&["init"]).contains(&format!(
+        "Applied {} migration(s)",
+        <migration::Migrator as migration::MigratorTrait>::migrations().len()
+    )));
     assert!(s.ok(&["init"]).contains("Applied 0 migration(s)"));
 
     let add = |first: &str, last: &str, email: &str, phone: &str, dob: &str| -> i64 {
@@ -951,8 +957,11 @@ fn debug_logs_of_the_demo_hold_no_phi_and_no_key_material() {
 }
 
 mod audit_chain;
+#[cfg(feature = "aws-kms")]
+mod aws_kms;
 mod binding;
 mod demo_safety;
 mod hostile_input;
 mod keys;
+mod providers;
 mod subject_keys;

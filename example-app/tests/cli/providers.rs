@@ -1,0 +1,211 @@
+//! Issue 12's proof, per KEK provider, through the CLI (every step a fresh `clinic` process):
+//! start from nothing, create the keys through the provider, seal two patients (their data
+//! keys wrapped by the provider too), open them, rotate the KEK (`keys rewrap`: no data is
+//! re-encrypted), open them with the new KEK alone, erase one patient and check the other
+//! still opens. StaticKek always; PKCS#11 on SoftHSM2 when `TEST_SOFTHSM2_MODULE` is set; AWS
+//! KMS on moto_server when the `aws-kms` feature is on and `TEST_MOTO_SERVER` is set.
+
+use crate::support::*;
+
+/// `args` after `--database-url url`, when a server URL is given.
+fn with_url<'a>(url: Option<&'a str>, args: &[&'a str]) -> Vec<&'a str> {
+    let mut out = Vec::new();
+    if let Some(url) = url {
+        out.extend(["--database-url", url]);
+    }
+    out.extend_from_slice(args);
+    out
+}
+
+/// How one provider is configured and rotated in a test.
+struct Provider<'a> {
+    /// `CLINIC_KEK` and the settings of the first KEK.
+    session: Session,
+    /// The provider's name, as stored in `patient_keys.provider`.
+    name: &'a str,
+    /// `keys rewrap` arguments that move to the second KEK.
+    rewrap: Vec<&'a str>,
+    /// The variable to change, and its value, to run with the second KEK.
+    switch: (&'a str, String),
+}
+
+/// The life of two patients under `provider`; `count` runs a `SELECT count(*)` on the
+/// database the commands use.
+fn provider_life(provider: Provider<'_>, url: Option<&str>, count: &dyn Fn(&str) -> i64) {
+    let s = &provider.session;
+    s.ok(&with_url(url, &["init"]));
+    let created = s.json(&with_url(url, &["keys", "init"]));
+    assert_eq!(created["provider"], provider.name, "{created}");
+    let add = |s: &Session, first: &str, email: &str| -> i64 {
+        let out = s.json(&with_url(
+            url,
+            &[
+                "patient",
+                "add",
+                "--first-name",
+                first,
+                "--last-name",
+                "Doe",
+                "--email",
+                email,
+                "--dob",
+                "1980-05-06",
+            ],
+        ));
+        out["id"].as_i64().expect("id")
+    };
+    let ada = add(s, "Ada", "ada@example.org");
+    let cy = add(s, "Cy", "cy@example.org");
+    // The patients' data keys are wrapped by the provider, not by the clinic keyring.
+    let by_provider = format!(
+        "SELECT count(*) FROM patient_keys WHERE provider = '{}' AND check_value IS NOT NULL",
+        provider.name
+    );
+    assert_eq!(count(&by_provider), 2);
+
+    let listed = s.ok(&with_url(url, &["patient", "list"]));
+    assert!(listed.contains("ada@example.org") && listed.contains("cy@example.org"));
+
+    // Rotate the KEK: the store's keys and both data keys move, no data is re-encrypted.
+    let patients_before = count("SELECT count(*) FROM patients");
+    let mut rewrap = vec!["keys", "rewrap"];
+    rewrap.extend_from_slice(&provider.rewrap);
+    let moved = s.json(&with_url(url, &rewrap));
+    assert_eq!(moved["rewrapped"], 2, "{moved}");
+    assert_eq!(moved["patient_keys_rewrapped"], 2, "{moved}");
+    assert_eq!(count("SELECT count(*) FROM patients"), patients_before);
+
+    // The old KEK opens nothing now; the new one alone opens everything.
+    let out = s.run(&with_url(url, &["patient", "list"]));
+    assert_one_line_failure(&out, provider.name);
+    let (var, value) = &provider.switch;
+    let new = s.with_env(with_var(&s.env, var, value));
+    let listed = new.ok(&with_url(url, &["patient", "list"]));
+    assert!(listed.contains("ada@example.org") && listed.contains("cy@example.org"));
+    let new_kek = new.json(&with_url(url, &["keys", "status"]))["kek_id"]
+        .as_str()
+        .expect("kek id")
+        .to_owned();
+    assert_eq!(
+        count(&format!(
+            "SELECT count(*) FROM patient_keys WHERE kek_id = '{new_kek}'"
+        )),
+        2
+    );
+    // Re-running the rewrap (as after an interruption) finds everything done.
+    let again = s.json(&with_url(url, &rewrap));
+    assert_eq!(
+        (&again["rewrapped"], &again["patient_keys_already_done"]),
+        (&serde_json::json!(0), &serde_json::json!(2)),
+        "{again}"
+    );
+
+    // Erase Ada: her key row is gone, her record with it; Cy still opens.
+    new.ok(&with_url(
+        url,
+        &["patient", "erase", &ada.to_string(), "--yes"],
+    ));
+    assert_eq!(count("SELECT count(*) FROM patient_keys"), 1);
+    let out = new.run(&with_url(url, &["patient", "show", &ada.to_string()]));
+    assert!(!out.status.success());
+    let shown = new.ok(&with_url(url, &["patient", "show", &cy.to_string()]));
+    assert!(shown.contains("cy@example.org"), "{shown}");
+}
+
+fn random_kek() -> String {
+    let keys = generated_keys();
+    env_value(&keys, "ENCRYPTED_COLUMNS_KEYS")
+        .split_once(':')
+        .expect("id:key")
+        .1
+        .to_owned()
+}
+
+fn static_provider(tag: &str) -> Provider<'static> {
+    let (a, b) = (random_kek(), random_kek());
+    let env = vec![
+        ("CLINIC_KEK".to_owned(), "static".to_owned()),
+        ("CLINIC_KEK_STATIC".to_owned(), a),
+        ("NEW_KEK".to_owned(), b.clone()),
+    ];
+    Provider {
+        session: Session::with_keys(tag, env),
+        name: "static",
+        rewrap: vec!["--to-static-env", "NEW_KEK"],
+        switch: ("CLINIC_KEK_STATIC", b),
+    }
+}
+
+#[test]
+fn providers_static_kek_life_on_sqlite() {
+    let provider = static_provider("prov-static");
+    let db = provider.session.db();
+    provider_life(provider, None, &|q| sql_count(&db, q));
+}
+
+#[test]
+fn providers_static_kek_life_on_postgres() {
+    if let Some(server) = ServerDb::new("TEST_POSTGRES_URL", "prov_static") {
+        let provider = static_provider("prov-static-pg");
+        provider_life(provider, Some(&server.url), &|q| server.count_in(q));
+    }
+}
+
+#[test]
+fn providers_static_kek_life_on_mysql() {
+    if let Some(server) = ServerDb::new("TEST_MYSQL_URL", "prov_static") {
+        let provider = static_provider("prov-static-my");
+        provider_life(provider, Some(&server.url), &|q| server.count_in(q));
+    }
+}
+
+#[test]
+fn providers_pkcs11_kek_life_on_sqlite() {
+    let dir = fresh_dir("prov-hsm");
+    let Some((module, conf)) = crate::keys::softhsm_token(&dir, "clinic") else {
+        return;
+    };
+    let env: Vec<(String, String)> = [
+        ("SOFTHSM2_CONF", conf.as_str()),
+        ("CLINIC_KEK", "pkcs11"),
+        ("CLINIC_PKCS11_MODULE", module.as_str()),
+        ("CLINIC_PKCS11_TOKEN", "clinic"),
+        ("CLINIC_PKCS11_PIN", crate::keys::PIN),
+        ("CLINIC_PKCS11_KEY", "kek-a"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let provider = Provider {
+        session: Session::with_keys("prov-hsm-db", env),
+        name: "pkcs11",
+        rewrap: vec!["--to-pkcs11-key", "kek-b"],
+        switch: ("CLINIC_PKCS11_KEY", "kek-b".to_owned()),
+    };
+    let db = provider.session.db();
+    provider_life(provider, None, &|q| sql_count(&db, q));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[cfg(feature = "aws-kms")]
+#[test]
+fn providers_aws_kms_life_on_sqlite() {
+    let Some(moto) = crate::aws_kms::Moto::start("prov-kms") else {
+        return;
+    };
+    let (key_a, key_b) = (moto.create_key(), moto.create_key());
+    let mut env = moto.env();
+    env.push(("CLINIC_KEK".to_owned(), "aws-kms".to_owned()));
+    env.push(("CLINIC_AWS_KMS_KEY".to_owned(), key_a));
+    let provider = Provider {
+        session: Session::with_keys("prov-kms-db", env),
+        name: "aws-kms",
+        rewrap: vec![
+            "--to-aws-kms-key",
+            Box::leak(key_b.clone().into_boxed_str()),
+        ],
+        switch: ("CLINIC_AWS_KMS_KEY", key_b),
+    };
+    let db = provider.session.db();
+    provider_life(provider, None, &|q| sql_count(&db, q));
+}
