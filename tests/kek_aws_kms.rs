@@ -546,3 +546,71 @@ async fn errors_and_debug_output_hold_no_key_bytes_or_secret() {
         );
     }
 }
+
+/// MongoDB's lesson, against a real server: subject keys a process has cached keep opening
+/// after the KMS is stopped; keys it has not cached fail with a typed `Unreachable` naming the
+/// provider and KMS key.
+#[tokio::test]
+async fn cached_subject_keys_open_while_the_kms_is_stopped() {
+    use encrypted_columns::subject_keys::{SubjectKeyError, SubjectKeys, table};
+    use encrypted_columns::{Context, Keyring};
+    use sea_orm::ConnectionTrait;
+
+    let Some(moto) = moto("cache") else {
+        return;
+    };
+    let kms = moto.new_key().await;
+    let kek_id = kms.kek_id().to_owned();
+    let kek: Arc<dyn KeyEncryptionKey> = Arc::new(kms);
+    let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("kek_aws_kms-cache-{}.db", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let db = sea_orm::Database::connect(format!("sqlite://{}?mode=rwc", path.display()))
+        .await
+        .expect("sqlite");
+    db.execute(&table::create_table_statement("tenant_keys"))
+        .await
+        .expect("create table");
+    let app = Keyring::generate();
+    let notes = Context::new("notes", "body");
+    let writer = SubjectKeys::new("tenant_keys", Arc::clone(&kek));
+    let a = writer.create(&db).await.expect("create a");
+    let b = writer.create(&db).await.expect("create b");
+    let sealed_a = a.sealing_ring(&app).seal(notes, b"a").expect("seal a");
+    let sealed_b = b.sealing_ring(&app).seal(notes, b"b").expect("seal b");
+
+    // Another process's view: it has opened (and cached) subject a only.
+    let reader = SubjectKeys::new("tenant_keys", Arc::clone(&kek));
+    let opened = reader.keyring(&db, &app, [a.row()]).await.expect("open a");
+    assert_eq!(
+        opened.ring.open(notes, &sealed_a).expect("a").as_slice(),
+        b"a"
+    );
+
+    drop(moto); // the KMS is gone
+    let mut opened = reader
+        .keyring(&db, &app, [a.row(), b.row()])
+        .await
+        .expect("the database is still there");
+    assert_eq!(
+        opened
+            .ring
+            .open(notes, &sealed_a)
+            .expect("a from the cache")
+            .as_slice(),
+        b"a"
+    );
+    let err = opened.take_error(b.row()).expect_err("b is not cached");
+    match &err {
+        SubjectKeyError::Kek { source, .. } => {
+            assert!(matches!(source, KekError::Unreachable { .. }), "{source}");
+            assert_eq!(
+                (source.provider(), source.kek_id()),
+                ("aws-kms", kek_id.as_str())
+            );
+        }
+        other => panic!("expected a KMS error, got {other}"),
+    }
+    assert!(opened.ring.open(notes, &sealed_b).is_err());
+    let _ = std::fs::remove_file(&path);
+}

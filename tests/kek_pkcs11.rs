@@ -24,8 +24,7 @@ use encrypted_columns::kek::{KekError, KeyEncryptionKey, WrapContext, WrappedKey
 const MODULE_VAR: &str = "TEST_SOFTHSM2_MODULE";
 /// Set by `fresh_process_unwraps_what_an_earlier_one_wrapped` for the child it starts.
 const CHILD_WRAPPED_VAR: &str = "KEK_PKCS11_CHILD_WRAPPED";
-const SO_PIN: &str = "so-pin-1234";
-const PIN: &str = "user-pin-5678";
+use encrypted_columns_tests::softhsm::PIN;
 /// One token per test.
 const TOKENS: &[&str] = &[
     "round-trip",
@@ -61,32 +60,7 @@ fn setup(module: PathBuf) -> Hsm {
     let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
     remove_stale_dirs(&base);
     let dir = base.join(format!("kek_pkcs11-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let tokens = dir.join("tokens");
-    std::fs::create_dir_all(&tokens).expect("create the token directory");
-    let conf = dir.join("softhsm2.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
-            tokens.display()
-        ),
-    )
-    .expect("write softhsm2.conf");
-    for label in TOKENS {
-        let out = Command::new("softhsm2-util")
-            .args(["--init-token", "--free", "--label", label])
-            .args(["--so-pin", SO_PIN, "--pin", PIN])
-            .env("SOFTHSM2_CONF", &conf)
-            .output()
-            .expect("run softhsm2-util (package softhsm2)");
-        assert!(
-            out.status.success(),
-            "softhsm2-util --init-token {label}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    let conf = encrypted_columns_tests::softhsm::create_tokens(&dir, TOKENS);
     // SAFETY: runs once, inside `OnceLock::get_or_init`, before this process loads the module
     // (every test reaches the module only through `hsm()`, which blocks until this returns);
     // nothing else in this binary reads the environment from C concurrently.

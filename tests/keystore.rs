@@ -5,7 +5,6 @@
 
 use std::ops::ControlFlow;
 use std::path::PathBuf;
-use std::process::Command;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -551,8 +550,7 @@ fn store_ring(before: &Keyring, after: &Keyring) -> Keyring {
 // --- PKCS#11 (SoftHSM2) -----------------------------------------------------------------------
 
 const MODULE_VAR: &str = "TEST_SOFTHSM2_MODULE";
-const SO_PIN: &str = "so-pin-1234";
-const PIN: &str = "user-pin-5678";
+use encrypted_columns_tests::softhsm::PIN;
 const TOKEN: &str = "keystore";
 
 /// SoftHSM2 with this binary's token, or `None` when `TEST_SOFTHSM2_MODULE` is unset. As in
@@ -564,25 +562,7 @@ fn hsm() -> Option<&'static PathBuf> {
     Some(HSM.get_or_init(|| {
         let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
             .join(format!("keystore-hsm-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let tokens = dir.join("tokens");
-        std::fs::create_dir_all(&tokens).expect("token directory");
-        let conf = dir.join("softhsm2.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
-                tokens.display()
-            ),
-        )
-        .expect("softhsm2.conf");
-        let out = Command::new("softhsm2-util")
-            .args(["--init-token", "--free", "--label", TOKEN])
-            .args(["--so-pin", SO_PIN, "--pin", PIN])
-            .env("SOFTHSM2_CONF", &conf)
-            .output()
-            .expect("run softhsm2-util");
-        assert!(out.status.success(), "softhsm2-util failed");
+        let conf = encrypted_columns_tests::softhsm::create_tokens(&dir, &[TOKEN]);
         // SAFETY: once, inside get_or_init, before any test of this binary loads the module
         // (all reach it through this function).
         unsafe { std::env::set_var("SOFTHSM2_CONF", &conf) };

@@ -7,7 +7,6 @@
 //! tests/kek_pkcs11.rs: one token directory per process, made before the module loads).
 
 use std::path::PathBuf;
-use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -600,8 +599,7 @@ backend_tests!(
 // SoftHSM2 setup, as in tests/kek_pkcs11.rs.
 
 const MODULE_VAR: &str = "TEST_SOFTHSM2_MODULE";
-const SO_PIN: &str = "so-pin-1234";
-const PIN: &str = "user-pin-5678";
+use encrypted_columns_tests::softhsm::PIN;
 const TOKEN: &str = "subjects";
 
 struct Hsm {
@@ -661,25 +659,7 @@ fn hsm(test: &str) -> Option<&'static Hsm> {
 fn setup(module: PathBuf) -> Hsm {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
         .join(format!("subject_keys-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let tokens = dir.join("tokens");
-    std::fs::create_dir_all(&tokens).expect("create the token directory");
-    let conf = dir.join("softhsm2.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
-            tokens.display()
-        ),
-    )
-    .expect("write softhsm2.conf");
-    let out = Command::new("softhsm2-util")
-        .args(["--init-token", "--free", "--label", TOKEN])
-        .args(["--so-pin", SO_PIN, "--pin", PIN])
-        .env("SOFTHSM2_CONF", &conf)
-        .output()
-        .expect("run softhsm2-util (package softhsm2)");
-    assert!(out.status.success(), "softhsm2-util --init-token");
+    let conf = encrypted_columns_tests::softhsm::create_tokens(&dir, &[TOKEN]);
     // SAFETY: runs once, inside `OnceLock::get_or_init`, before this process loads the module
     // (every test reaches it only through `hsm()`); nothing reads the environment from C
     // concurrently.

@@ -147,10 +147,16 @@ pub enum KeysCommand {
         #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..=10_000))]
         batch_size: u64,
     },
-    /// With a KEK provider configured (CLINIC_KEK=static or pkcs11): create encryption key 1
+    /// With a KEK provider (CLINIC_KEK=static, pkcs11 or aws-kms): create encryption key 1
     /// and blind-index key 1 in the key store, wrapped by it. Refused if the store already
-    /// holds keys. A missing PKCS#11 KEK (CLINIC_PKCS11_KEY) is generated in the token.
-    Init,
+    /// holds keys, except that an init interrupted between its two keys (only keys of this
+    /// KEK present) is finished. A missing PKCS#11 KEK (CLINIC_PKCS11_KEY) is generated.
+    Init {
+        /// The KEK provider: static, pkcs11 or aws-kms. Must match CLINIC_KEK when that is set
+        /// (every later command reads CLINIC_KEK); its settings come from its variables.
+        #[arg(long, value_name = "NAME")]
+        provider: Option<String>,
+    },
     /// Move every stored key from the configured KEK (CLINIC_KEK) to another, without
     /// re-encrypting any data. Resumable: run it again after an interruption. Afterwards run
     /// every command with the new provider's settings.

@@ -65,7 +65,12 @@ pub enum Settings {
 /// The configured provider's settings, or `None` for `CLINIC_KEK=env` (or unset).
 pub fn configured() -> Result<Option<Settings>, String> {
     let choice = std::env::var(CLINIC_KEK).unwrap_or_default();
-    match choice.trim() {
+    settings_for(choice.trim())
+}
+
+/// The settings of provider `name` (`env` or empty: none), from its variables.
+pub fn settings_for(name: &str) -> Result<Option<Settings>, String> {
+    match name {
         "" | "env" => Ok(None),
         "static" => static_from(CLINIC_KEK_STATIC).map(Some),
         "pkcs11" => pkcs11_with_key(&required(CLINIC_PKCS11_KEY)?).map(Some),

@@ -69,7 +69,9 @@ async fn main() -> ExitCode {
         Command::Keys(cli::KeysCommand::Rotate { batch_size }) => {
             commands::keys::rotate(&global, batch_size).await
         }
-        Command::Keys(cli::KeysCommand::Init) => commands::key_store::init(&global).await,
+        Command::Keys(cli::KeysCommand::Init { provider }) => {
+            commands::key_store::init(&global, provider).await
+        }
         Command::Keys(cli::KeysCommand::Rewrap {
             to_static_env,
             to_pkcs11_key,

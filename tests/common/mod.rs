@@ -6,13 +6,15 @@
 //! * [`backend_tests!`] turns one async test body into `::sqlite`, `::postgres` and `::mysql`
 //!   test functions.
 //! * [`entities`] holds the entities under test; [`raw`] reads and writes stored bytes with
-//!   plain SQL, bypassing the encrypted types.
+//!   plain SQL, bypassing the encrypted types; [`softhsm`] makes SoftHSM2 tokens for the
+//!   PKCS#11 tests.
 //! * [`init_keyring`] installs one process-wide keyring, once. Tests that need another keyring
 //!   use `encrypted_columns::keyring::scope`, never `install` (tests run in parallel).
 
 pub mod backend;
 pub mod entities;
 pub mod raw;
+pub mod softhsm;
 
 use std::sync::{Arc, OnceLock};
 

@@ -31,6 +31,21 @@ pub(super) struct StoredKey {
     pub(super) check_value: Option<Vec<u8>>,
 }
 
+impl StoredKey {
+    /// The stored check value, `None` for rows written before check values existed.
+    pub(super) fn expected_check_value(&self) -> Result<Option<CheckValue>, SubjectKeyError> {
+        self.check_value
+            .as_deref()
+            .map(|bytes| {
+                CheckValue::from_bytes(bytes).ok_or_else(|| SubjectKeyError::Damaged {
+                    row: self.row,
+                    problem: format!("its check value is {} bytes, not 16", bytes.len()),
+                })
+            })
+            .transpose()
+    }
+}
+
 /// A subject key just created: its row (what the application stores as the subject's key
 /// reference) and envelope key id. Holds the key to seal the subject's first values without
 /// another unwrap; `Debug` prints the row and id only.
@@ -345,16 +360,7 @@ impl SubjectKeys {
     ) -> Result<(KeyId, Zeroizing<[u8; WRAPPED_KEY_LEN]>), SubjectKeyError> {
         let row = stored.row;
         let key_id = self.ids.key_id(row)?;
-        let expected = stored
-            .check_value
-            .as_deref()
-            .map(|bytes| {
-                CheckValue::from_bytes(bytes).ok_or_else(|| SubjectKeyError::Damaged {
-                    row,
-                    problem: format!("its check value is {} bytes, not 16", bytes.len()),
-                })
-            })
-            .transpose()?;
+        let expected = stored.expected_check_value()?;
         let kek = self.kek_for(row, &stored.provider, stored.kek_id.as_deref())?;
         let key = kek
             .unwrap_key(

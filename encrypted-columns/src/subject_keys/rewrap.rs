@@ -13,7 +13,7 @@ use super::error::SubjectKeyError;
 use super::open::StoredKey;
 use super::table::{CHECK_VALUE, ID, KEK_ID, PROVIDER, WRAPPED_KEY};
 use crate::kek::{KeyEncryptionKey, WrappedKey};
-use crate::keyring::{CheckValue, KeyPurpose, check_value};
+use crate::keyring::{KeyPurpose, check_value};
 
 /// Rows read per page.
 const PAGE: u64 = 500;
@@ -131,16 +131,7 @@ impl SubjectKeys {
         let row = stored.row;
         let key_id = self.ids.key_id(row)?;
         let context = self.wrap_context(key_id);
-        let expected = stored
-            .check_value
-            .as_deref()
-            .map(|bytes| {
-                CheckValue::from_bytes(bytes).ok_or_else(|| SubjectKeyError::Damaged {
-                    row,
-                    problem: format!("its check value is {} bytes, not 16", bytes.len()),
-                })
-            })
-            .transpose()?;
+        let expected = stored.expected_check_value()?;
         let moved = from
             .rewrap_key(
                 &WrappedKey::from_bytes(stored.wrapped.as_slice()),

@@ -113,9 +113,27 @@ struct InitSummary {
     created: Vec<StoredKeyStatus>,
 }
 
-/// `clinic keys init`.
-pub async fn init(global: &Global) -> Result<(), String> {
-    let settings = configured_or_refuse("init")?;
+/// `clinic keys init [--provider NAME]`.
+pub async fn init(global: &Global, provider: Option<String>) -> Result<(), String> {
+    let settings = match provider.as_deref().map(str::trim) {
+        None => configured_or_refuse("init")?,
+        Some(name) => {
+            let configured = std::env::var(CLINIC_KEK).unwrap_or_default();
+            let configured = configured.trim();
+            if !configured.is_empty() && configured != name {
+                return Err(format!(
+                    "--provider {name} contradicts {CLINIC_KEK}={configured}; every later \
+                     command reads {CLINIC_KEK}, so set it to {name} instead"
+                ));
+            }
+            crate::kek::settings_for(name)?.ok_or_else(|| {
+                format!(
+                    "--provider {name} wraps nothing: with environment keys every command \
+                     registers their check values itself; use static, pkcs11 or aws-kms"
+                )
+            })?
+        }
+    };
     let kek = crate::kek::connect_provisioning(settings).await?;
     let db = open_db(global).await?;
     let store = store();
@@ -123,7 +141,16 @@ pub async fn init(global: &Global) -> Result<(), String> {
         .list(&db)
         .await
         .map_err(|e| format!("cannot read the key store: {}", store_message(&e)))?;
-    if !existing.is_empty() {
+    // An init interrupted between its two keys left only keys of this very KEK: finish it.
+    // Anything else (environment keys, another KEK, a complete set) is refused untouched.
+    let ours = |k: &StoredKey| {
+        k.wrapped && k.provider == kek.provider() && k.kek_id.as_deref() == Some(kek.kek_id())
+    };
+    let missing: Vec<KeyPurpose> = [KeyPurpose::Encryption, KeyPurpose::BlindIndex]
+        .into_iter()
+        .filter(|p| !existing.iter().any(|k| k.purpose == *p))
+        .collect();
+    if !existing.is_empty() && (missing.is_empty() || !existing.iter().all(ours)) {
         let ids: Vec<String> = existing.iter().map(StoredKey::label).collect();
         return Err(format!(
             "the key store already holds {} key(s) for scope '{KEY_STORE_SCOPE}' ({}); nothing \
@@ -133,7 +160,7 @@ pub async fn init(global: &Global) -> Result<(), String> {
         ));
     }
     let mut created = Vec::new();
-    for purpose in [KeyPurpose::Encryption, KeyPurpose::BlindIndex] {
+    for purpose in missing {
         // create_key re-checks inside its transaction: a concurrent `keys init` makes this one
         // fail with "already has active … key", not a second active key.
         let key = store
@@ -150,8 +177,14 @@ pub async fn init(global: &Global) -> Result<(), String> {
     if global.json {
         return print_json(&summary);
     }
+    let made: Vec<String> = summary
+        .created
+        .iter()
+        .map(|k| format!("{} key {}", k.purpose, k.id))
+        .collect();
     say!(
-        "Created encryption key 1 and blind-index key 1, wrapped by {} ({}).",
+        "Created {}, wrapped by {} ({}).",
+        made.join(" and "),
         summary.provider,
         summary.kek_id
     );

@@ -9,26 +9,6 @@ use crate::support::*;
 
 const PATIENT_COUNT: &str = "SELECT count(*) FROM patients";
 
-fn random_kek() -> String {
-    // The base64 of 32 bytes, from a generated key entry `1:<base64>`.
-    let keys = generated_keys();
-    env_value(&keys, "ENCRYPTED_COLUMNS_KEYS")
-        .split_once(':')
-        .expect("id:key")
-        .1
-        .to_owned()
-}
-
-/// `args` after `--database-url url`, when a server URL is given.
-fn with_url<'a>(url: Option<&'a str>, args: &[&'a str]) -> Vec<&'a str> {
-    let mut out = Vec::new();
-    if let Some(url) = url {
-        out.extend(["--database-url", url]);
-    }
-    out.extend_from_slice(args);
-    out
-}
-
 /// A wrong blind-index or encryption key under a registered id is refused in one line naming
 /// the variable and id, and nothing is written: the e-mail is not duplicated.
 fn wrong_env_key_refused(url: Option<&str>, count: &dyn Fn() -> i64) {

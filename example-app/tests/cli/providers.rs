@@ -7,16 +7,6 @@
 
 use crate::support::*;
 
-/// `args` after `--database-url url`, when a server URL is given.
-fn with_url<'a>(url: Option<&'a str>, args: &[&'a str]) -> Vec<&'a str> {
-    let mut out = Vec::new();
-    if let Some(url) = url {
-        out.extend(["--database-url", url]);
-    }
-    out.extend_from_slice(args);
-    out
-}
-
 /// How one provider is configured and rotated in a test.
 struct Provider<'a> {
     /// `CLINIC_KEK` and the settings of the first KEK.
@@ -112,15 +102,6 @@ fn provider_life(provider: Provider<'_>, url: Option<&str>, count: &dyn Fn(&str)
     assert!(shown.contains("cy@example.org"), "{shown}");
 }
 
-fn random_kek() -> String {
-    let keys = generated_keys();
-    env_value(&keys, "ENCRYPTED_COLUMNS_KEYS")
-        .split_once(':')
-        .expect("id:key")
-        .1
-        .to_owned()
-}
-
 fn static_provider(tag: &str) -> Provider<'static> {
     let (a, b) = (random_kek(), random_kek());
     let env = vec![
@@ -208,4 +189,36 @@ fn providers_aws_kms_life_on_sqlite() {
     };
     let db = provider.session.db();
     provider_life(provider, None, &|q| sql_count(&db, q));
+}
+
+/// `keys init --provider` must agree with `CLINIC_KEK`; an init interrupted after its first key
+/// is finished by running it again, and a complete one is refused untouched.
+#[test]
+fn providers_keys_init_provider_flag_and_resume() {
+    let provider = static_provider("prov-init");
+    let s = &provider.session;
+    let db = s.db();
+    s.ok(&["init"]);
+    s.refused(
+        &["keys", "init", "--provider", "pkcs11"],
+        "--provider pkcs11 contradicts CLINIC_KEK=static",
+    );
+    s.refused(&["keys", "init", "--provider", "env"], "wraps nothing");
+    let created = s.json(&["keys", "init", "--provider", "static"]);
+    assert_eq!(created["created"].as_array().map(Vec::len), Some(2));
+    // As if the process had died between its two keys.
+    sql(
+        &db,
+        "DELETE FROM encrypted_columns_keys WHERE purpose = 'blind-index'",
+    );
+    let finished = s.json(&["keys", "init"]);
+    let made = finished["created"].as_array().expect("created");
+    assert_eq!(made.len(), 1, "{finished}");
+    assert_eq!(made[0]["purpose"], "blind-index", "{finished}");
+    assert_eq!(
+        sql_count(&db, "SELECT count(*) FROM encrypted_columns_keys"),
+        2
+    );
+    s.refused(&["keys", "init"], "already holds 2 key(s)");
+    s.add_patient("Ada", "Doe", "ada@example.org", &[]);
 }

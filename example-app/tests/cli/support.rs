@@ -363,3 +363,23 @@ fn count_on(url: &str, query: &str) -> i64 {
         n
     })
 }
+
+/// A random KEK as base64 of 32 bytes (from a generated key entry `1:<base64>`).
+pub fn random_kek() -> String {
+    let keys = generated_keys();
+    env_value(&keys, "ENCRYPTED_COLUMNS_KEYS")
+        .split_once(':')
+        .expect("id:key")
+        .1
+        .to_owned()
+}
+
+/// `args` after `--database-url url`, when a server URL is given.
+pub fn with_url<'a>(url: Option<&'a str>, args: &[&'a str]) -> Vec<&'a str> {
+    let mut out = Vec::new();
+    if let Some(url) = url {
+        out.extend(["--database-url", url]);
+    }
+    out.extend_from_slice(args);
+    out
+}
