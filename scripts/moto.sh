@@ -12,8 +12,8 @@ if ! python3 -c 'import moto.server, flask, flask_cors' >/dev/null 2>&1; then
   echo "moto: moto[server] missing; installing it from PyPI" >&2
   # Into python3's own environment (a virtualenv or pyenv), else the user's site-packages;
   # Debian's system Python refuses both without --break-system-packages.
-  if ! python3 -m pip install --quiet --disable-pip-version-check 'moto[server]' >&2; then
-    python3 -m pip install --quiet --disable-pip-version-check --user --break-system-packages 'moto[server]' >&2 \
+  if ! python3 -m pip install --quiet --disable-pip-version-check 'moto[server]>=5,<6' >&2; then
+    python3 -m pip install --quiet --disable-pip-version-check --user --break-system-packages 'moto[server]>=5,<6' >&2 \
       || { echo "moto: FAIL: pip could not install moto[server]" >&2; exit 1; }
   fi
 fi

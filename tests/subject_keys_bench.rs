@@ -7,7 +7,6 @@
 //! `cargo bench -p encrypted-columns-tests --bench subject_keys`
 
 use std::path::PathBuf;
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -109,28 +108,16 @@ fn ms(d: Duration) -> f64 {
 async fn softhsm(module: &str) -> Res<Pkcs11Kek> {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
         .join(format!("subject_keys_bench-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(dir.join("tokens"))?;
-    let conf = dir.join("softhsm2.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
-            dir.join("tokens").display()
-        ),
-    )?;
-    let out = Command::new("softhsm2-util")
-        .args(["--init-token", "--free", "--label", "bench"])
-        .args(["--so-pin", "so-pin-1234", "--pin", "user-pin-5678"])
-        .env("SOFTHSM2_CONF", &conf)
-        .output()?;
-    if !out.status.success() {
-        return Err("softhsm2-util --init-token failed".into());
-    }
+    let conf = encrypted_columns_tests::softhsm::create_tokens(&dir, &["bench"]);
     // SAFETY: single-threaded use of the environment: set before the module is loaded, and
     // nothing else in this process reads it concurrently.
     unsafe { std::env::set_var("SOFTHSM2_CONF", &conf) };
-    let config =
-        Pkcs11Config::new(module, "bench", "kek", "user-pin-5678").generate_if_missing(true);
+    let config = Pkcs11Config::new(
+        module,
+        "bench",
+        "kek",
+        encrypted_columns_tests::softhsm::PIN,
+    )
+    .generate_if_missing(true);
     Ok(Pkcs11Kek::connect(config).await?)
 }

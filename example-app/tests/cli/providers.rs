@@ -203,7 +203,13 @@ fn providers_keys_init_provider_flag_and_resume() {
         &["keys", "init", "--provider", "pkcs11"],
         "--provider pkcs11 contradicts CLINIC_KEK=static",
     );
-    s.refused(&["keys", "init", "--provider", "env"], "wraps nothing");
+    s.refused(
+        &["keys", "init", "--provider", "env"],
+        "--provider env contradicts CLINIC_KEK=static",
+    );
+    let plain = Session::with_keys("prov-init-env", generated_keys());
+    plain.ok(&["init"]);
+    plain.refused(&["keys", "init", "--provider", "env"], "wraps nothing");
     let created = s.json(&["keys", "init", "--provider", "static"]);
     assert_eq!(created["created"].as_array().map(Vec::len), Some(2));
     // As if the process had died between its two keys.
