@@ -140,9 +140,16 @@ fn providers_static_kek_life_on_mysql() {
     }
 }
 
-#[test]
-fn providers_pkcs11_kek_life_on_sqlite() {
-    let dir = fresh_dir("prov-hsm");
+/// The PKCS#11 life on SoftHSM2, on SQLite or the server behind `var`.
+fn pkcs11_life(tag: &str, var: Option<&str>) {
+    let server = match var {
+        Some(var) => match ServerDb::new(var, &tag.replace('-', "_")) {
+            Some(server) => Some(server),
+            None => return,
+        },
+        None => None,
+    };
+    let dir = fresh_dir(tag);
     let Some((module, conf)) = crate::keys::softhsm_token(&dir, "clinic") else {
         return;
     };
@@ -158,20 +165,47 @@ fn providers_pkcs11_kek_life_on_sqlite() {
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect();
     let provider = Provider {
-        session: Session::with_keys("prov-hsm-db", env),
+        session: Session::with_keys(&format!("{tag}-db"), env),
         name: "pkcs11",
         rewrap: vec!["--to-pkcs11-key", "kek-b"],
         switch: ("CLINIC_PKCS11_KEY", "kek-b".to_owned()),
     };
-    let db = provider.session.db();
-    provider_life(provider, None, &|q| sql_count(&db, q));
+    match &server {
+        Some(server) => provider_life(provider, Some(&server.url), &|q| server.count_in(q)),
+        None => {
+            let db = provider.session.db();
+            provider_life(provider, None, &|q| sql_count(&db, q));
+        }
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-#[cfg(feature = "aws-kms")]
 #[test]
-fn providers_aws_kms_life_on_sqlite() {
-    let Some(moto) = crate::aws_kms::Moto::start("prov-kms") else {
+fn providers_pkcs11_kek_life_on_sqlite() {
+    pkcs11_life("prov-hsm", None);
+}
+
+#[test]
+fn providers_pkcs11_kek_life_on_postgres() {
+    pkcs11_life("prov-hsm-pg", Some("TEST_POSTGRES_URL"));
+}
+
+#[test]
+fn providers_pkcs11_kek_life_on_mysql() {
+    pkcs11_life("prov-hsm-my", Some("TEST_MYSQL_URL"));
+}
+
+/// The AWS KMS life on a moto_server of its own, on SQLite or the server behind `var`.
+#[cfg(feature = "aws-kms")]
+fn aws_kms_life(tag: &str, var: Option<&str>) {
+    let server = match var {
+        Some(var) => match ServerDb::new(var, &tag.replace('-', "_")) {
+            Some(server) => Some(server),
+            None => return,
+        },
+        None => None,
+    };
+    let Some(moto) = crate::aws_kms::Moto::start(tag) else {
         return;
     };
     let (key_a, key_b) = (moto.create_key(), moto.create_key());
@@ -179,16 +213,36 @@ fn providers_aws_kms_life_on_sqlite() {
     env.push(("CLINIC_KEK".to_owned(), "aws-kms".to_owned()));
     env.push(("CLINIC_AWS_KMS_KEY".to_owned(), key_a));
     let provider = Provider {
-        session: Session::with_keys("prov-kms-db", env),
+        session: Session::with_keys(&format!("{tag}-db"), env),
         name: "aws-kms",
-        rewrap: vec![
-            "--to-aws-kms-key",
-            Box::leak(key_b.clone().into_boxed_str()),
-        ],
-        switch: ("CLINIC_AWS_KMS_KEY", key_b),
+        rewrap: vec!["--to-aws-kms-key", &key_b],
+        switch: ("CLINIC_AWS_KMS_KEY", key_b.clone()),
     };
-    let db = provider.session.db();
-    provider_life(provider, None, &|q| sql_count(&db, q));
+    match &server {
+        Some(server) => provider_life(provider, Some(&server.url), &|q| server.count_in(q)),
+        None => {
+            let db = provider.session.db();
+            provider_life(provider, None, &|q| sql_count(&db, q));
+        }
+    }
+}
+
+#[cfg(feature = "aws-kms")]
+#[test]
+fn providers_aws_kms_life_on_sqlite() {
+    aws_kms_life("prov-kms", None);
+}
+
+#[cfg(feature = "aws-kms")]
+#[test]
+fn providers_aws_kms_life_on_postgres() {
+    aws_kms_life("prov-kms-pg", Some("TEST_POSTGRES_URL"));
+}
+
+#[cfg(feature = "aws-kms")]
+#[test]
+fn providers_aws_kms_life_on_mysql() {
+    aws_kms_life("prov-kms-my", Some("TEST_MYSQL_URL"));
 }
 
 /// `keys init --provider` must agree with `CLINIC_KEK`; an init interrupted after its first key
