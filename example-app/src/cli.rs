@@ -6,8 +6,8 @@ use clap::{Parser, Subcommand};
 ///
 /// Keys come from ENCRYPTED_COLUMNS_KEYS and ENCRYPTED_COLUMNS_BLIND_INDEX_KEYS
 /// (`<id>:<base64 of 32 bytes>`; `clinic keys generate` prints both), checked against the key
-/// store, or from the key store through a KEK provider (CLINIC_KEK=static|pkcs11; see `clinic
-/// keys init`). The database is SQLite by default; PostgreSQL and MySQL/MariaDB by URL.
+/// store, or from the key store through a KEK provider (CLINIC_KEK=static|pkcs11|aws-kms; see
+/// `clinic keys init`). The database is SQLite by default; PostgreSQL and MySQL/MariaDB by URL.
 #[derive(Debug, Parser)]
 #[command(name = "clinic", version)]
 pub struct Cli {
@@ -54,7 +54,7 @@ pub enum Command {
     },
     /// Create or update the clinic's tables (runs the migrations).
     Init,
-    /// Key material: generate, status, rotate.
+    /// Key material: generate, status, rotate, and with a KEK provider init and rewrap.
     #[command(subcommand)]
     Keys(KeysCommand),
     /// Patients: add, show, list, find, update, erase.

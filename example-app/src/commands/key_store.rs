@@ -100,7 +100,7 @@ async fn open_db(global: &Global) -> Result<DatabaseConnection, String> {
 fn configured_or_refuse(what: &str) -> Result<Settings, String> {
     crate::kek::configured()?.ok_or_else(|| {
         format!(
-            "`clinic keys {what}` needs a KEK provider: set {CLINIC_KEK}=static or pkcs11 (with \
+            "`clinic keys {what}` needs a KEK provider: set {CLINIC_KEK}=static, pkcs11 or aws-kms (with \
              environment keys, every command registers their check values itself)"
         )
     })

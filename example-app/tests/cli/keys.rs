@@ -231,7 +231,7 @@ fn keys_kek_settings_are_checked_and_never_echoed() {
     let session = Session::with_keys("keys-settings", generated_keys());
     session.ok(&["init"]);
     // keys init needs a provider.
-    session.refused(&["keys", "init"], "CLINIC_KEK=static or pkcs11");
+    session.refused(&["keys", "init"], "CLINIC_KEK=static, pkcs11 or aws-kms");
     let with = |pairs: &[(&str, &str)]| {
         session.with_env(
             pairs
