@@ -54,7 +54,8 @@ pub enum Command {
     },
     /// Create or update the clinic's tables (runs the migrations).
     Init,
-    /// Key material: generate, status, rotate, and with a KEK provider init and rewrap.
+    /// Key material: generate, status, rotate; with a KEK provider init, new, promote, retire,
+    /// rewrap.
     #[command(subcommand)]
     Keys(KeysCommand),
     /// Patients: add, show, list, find, update, erase.
@@ -137,9 +138,10 @@ pub enum KeysCommand {
     Generate,
     /// Show the keys loaded and how many stored values each one sealed.
     Status,
-    /// Re-wrap every patient data key (and re-seal the legacy table) under the active key,
-    /// after adding a new key to ENCRYPTED_COLUMNS_KEYS and making it active with
-    /// ENCRYPTED_COLUMNS_ACTIVE_KEY. Patient data itself is not rewritten. Also recomputes
+    /// Re-wrap every patient data key the clinic keyring wraps (and re-seal the legacy table)
+    /// under the active key, after adding a new key to ENCRYPTED_COLUMNS_KEYS and making it
+    /// active with ENCRYPTED_COLUMNS_ACTIVE_KEY (with a KEK provider: `keys new` and `keys
+    /// promote`). Patient data itself is not rewritten. Also recomputes
     /// the legacy table's e-mail index under the active blind-index key (the patients'
     /// indexes: `clinic index rebuild`).
     Rotate {
@@ -156,6 +158,32 @@ pub enum KeysCommand {
         /// (every later command reads CLINIC_KEK); its settings come from its variables.
         #[arg(long, value_name = "NAME")]
         provider: Option<String>,
+    },
+    /// With a KEK provider: a new key in the key store, decrypt-only until promoted (the first
+    /// step of rotating a stored key; then `keys promote`, then `keys rotate` or `index
+    /// rebuild`, then `keys retire` for the old one).
+    New {
+        /// Which kind of key.
+        #[arg(long, value_enum)]
+        purpose: KeyPurposeArg,
+    },
+    /// With a KEK provider: make stored key ID the active one of its purpose; the previous
+    /// active key becomes decrypt-only.
+    Promote {
+        /// Which kind of key.
+        #[arg(long, value_enum)]
+        purpose: KeyPurposeArg,
+        /// The key id.
+        id: u32,
+    },
+    /// With a KEK provider: stop loading stored key ID. Refused for the active key and while
+    /// any stored value (or audit chain MAC) still uses it, with the counts per column.
+    Retire {
+        /// Which kind of key.
+        #[arg(long, value_enum)]
+        purpose: KeyPurposeArg,
+        /// The key id.
+        id: u32,
     },
     /// Move every stored key from the configured KEK (CLINIC_KEK) to another, without
     /// re-encrypting any data. Resumable: run it again after an interruption. Afterwards run
@@ -178,6 +206,15 @@ pub enum KeysCommand {
         #[arg(long, value_name = "KEY", group = "rewrap_target")]
         to_aws_kms_key: Option<String>,
     },
+}
+
+/// The purpose of a stored key, on the command line.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum KeyPurposeArg {
+    /// Seals values (`ENCRYPTED_COLUMNS_KEYS` when keys come from the environment).
+    Encryption,
+    /// Computes blind-index values and audit chain MACs.
+    BlindIndex,
 }
 
 /// A patient's fields, as typed on the command line.

@@ -69,6 +69,15 @@ async fn main() -> ExitCode {
         Command::Keys(cli::KeysCommand::Rotate { batch_size }) => {
             commands::keys::rotate(&global, batch_size).await
         }
+        Command::Keys(cli::KeysCommand::New { purpose }) => {
+            commands::key_lifecycle::new(&global, purpose).await
+        }
+        Command::Keys(cli::KeysCommand::Promote { purpose, id }) => {
+            commands::key_lifecycle::promote(&global, purpose, id).await
+        }
+        Command::Keys(cli::KeysCommand::Retire { purpose, id }) => {
+            commands::key_lifecycle::retire(&global, purpose, id).await
+        }
         Command::Keys(cli::KeysCommand::Init { provider }) => {
             commands::key_store::init(&global, provider).await
         }

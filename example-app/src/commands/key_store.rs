@@ -91,13 +91,13 @@ pub fn print_stored(provider: &str, kek_id: Option<&str>, keys: &[StoredKeyStatu
 }
 
 /// Connects to a database whose schema is current; no keys needed.
-async fn open_db(global: &Global) -> Result<DatabaseConnection, String> {
+pub(super) async fn open_db(global: &Global) -> Result<DatabaseConnection, String> {
     let db = connect(global.url()).await?;
     Clinic::check_schema(&db).await?;
     Ok(db)
 }
 
-fn configured_or_refuse(what: &str) -> Result<Settings, String> {
+pub(super) fn configured_or_refuse(what: &str) -> Result<Settings, String> {
     crate::kek::configured()?.ok_or_else(|| {
         format!(
             "`clinic keys {what}` needs a KEK provider: set {CLINIC_KEK}=static, pkcs11 or aws-kms (with \

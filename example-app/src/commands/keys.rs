@@ -59,25 +59,12 @@ struct Status {
 pub async fn status(global: &Global) -> Result<(), String> {
     let clinic = global.open().await?;
     let ring = clinic.master();
-    let mut values_by_key = BTreeMap::new();
+    let values_by_key = clinic_key_usage(&clinic.db).await?;
     let mut used = BTreeMap::<u32, u64>::new();
-    for (table, column) in CLINIC_KEY_COLUMNS {
-        let usage = match (table, column) {
-            // Only the rows the clinic keyring wraps are envelopes; a KMS or HSM wraps the rest.
-            ("patient_keys", "wrapped_key") => {
-                migrate::key_usage_where(&clinic.db, table, column, keyring_wrapped())
-                    .await
-                    .map_err(db_err)?
-            }
-            _ => migrate::key_usage(&clinic.db, table, column)
-                .await
-                .map_err(db_err)?,
-        };
-        let usage: BTreeMap<u32, u64> = usage.into_iter().map(|(k, n)| (k.0, n)).collect();
-        for (k, n) in &usage {
+    for usage in values_by_key.values() {
+        for (k, n) in usage {
             *used.entry(*k).or_default() += n;
         }
-        values_by_key.insert(format!("{table}.{column}"), usage);
     }
     let patient_data_keys = patient_key::Entity::find()
         .count(&clinic.db)
@@ -342,6 +329,29 @@ where
         say!("  {name:<32} re-encrypted {} value(s)", report.resealed);
     }
     Ok(report)
+}
+
+/// Per `table.column` sealed with the clinic key: stored values per clinic key id.
+pub async fn clinic_key_usage(
+    db: &DatabaseConnection,
+) -> Result<BTreeMap<String, BTreeMap<u32, u64>>, String> {
+    let mut values_by_key = BTreeMap::new();
+    for (table, column) in CLINIC_KEY_COLUMNS {
+        let usage = match (table, column) {
+            // Only the rows the clinic keyring wraps are envelopes; a KMS or HSM wraps the rest.
+            ("patient_keys", "wrapped_key") => {
+                migrate::key_usage_where(db, table, column, keyring_wrapped())
+                    .await
+                    .map_err(db_err)?
+            }
+            _ => migrate::key_usage(db, table, column)
+                .await
+                .map_err(db_err)?,
+        };
+        let usage: BTreeMap<u32, u64> = usage.into_iter().map(|(k, n)| (k.0, n)).collect();
+        values_by_key.insert(format!("{table}.{column}"), usage);
+    }
+    Ok(values_by_key)
 }
 
 /// The `patient_keys` rows whose data key the clinic keyring wraps (an envelope).

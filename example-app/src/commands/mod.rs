@@ -4,6 +4,7 @@ pub mod audit;
 pub mod demo;
 pub mod index;
 pub mod init;
+pub mod key_lifecycle;
 pub mod key_store;
 pub mod keys;
 pub mod legacy;

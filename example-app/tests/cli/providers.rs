@@ -282,3 +282,76 @@ fn providers_keys_init_provider_flag_and_resume() {
     s.refused(&["keys", "init"], "already holds 2 key(s)");
     s.add_patient("Ada", "Doe", "ada@example.org", &[]);
 }
+
+/// Rotating keys that live in the key store: `keys new`, `keys promote`, `keys rotate` and
+/// `keys retire`, which refuses the active key and a key stored values still use, naming
+/// the columns and counts.
+#[test]
+fn providers_stored_keys_rotate_through_new_promote_retire() {
+    let provider = static_provider("prov-life");
+    let s = &provider.session;
+    s.ok(&["init"]);
+    s.ok(&["keys", "init"]);
+    s.add_patient("Ada", "Doe", "ada@example.org", &[]);
+
+    let bi = s.json(&["keys", "new", "--purpose", "blind-index"]);
+    assert_eq!(
+        (bi["id"].as_u64(), &bi["state"]),
+        (Some(2), &serde_json::json!("decrypt-only"))
+    );
+    s.refused(
+        &["keys", "retire", "--purpose", "blind-index", "1"],
+        "active",
+    );
+    s.ok(&["keys", "promote", "--purpose", "blind-index", "2"]);
+    let out = s.run(&["keys", "retire", "--purpose", "blind-index", "1"]);
+    assert_one_line_failure(&out, "blind-index key 1 still seals");
+    assert!(
+        text(&out.stderr).contains("patients.email_bidx: 1"),
+        "{}",
+        text(&out.stderr)
+    );
+    // Lookups still find Ada (key 1 is loaded, decrypt-only), new patients index with key 2.
+    assert!(
+        s.ok(&["patient", "find", "--email", "ada@example.org"])
+            .contains("Ada")
+    );
+    s.add_patient("Cy", "Doe", "cy@example.org", &[]);
+
+    let enc = s.json(&["keys", "new", "--purpose", "encryption"]);
+    assert_eq!(enc["id"].as_u64(), Some(2));
+    s.ok(&["keys", "promote", "--purpose", "encryption", "2"]);
+    s.ok(&["keys", "rotate"]);
+    s.ok(&["keys", "retire", "--purpose", "encryption", "1"]);
+    s.refused(
+        &["keys", "retire", "--purpose", "encryption", "2"],
+        "active",
+    );
+
+    // A fresh process loads keys 2 (and blind-index 1, still decrypt-only) and reads both.
+    let listed = s.ok(&["patient", "list"]);
+    assert!(listed.contains("ada@example.org") && listed.contains("cy@example.org"));
+    let status = s.json(&["keys", "status"]);
+    let states: Vec<(String, u64, String)> = status["stored_keys"]
+        .as_array()
+        .expect("stored keys")
+        .iter()
+        .map(|k| {
+            (
+                k["purpose"].as_str().unwrap_or_default().to_owned(),
+                k["id"].as_u64().unwrap_or_default(),
+                k["state"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    for expected in [
+        ("encryption", 1, "retired"),
+        ("encryption", 2, "active"),
+        ("blind-index", 1, "decrypt-only"),
+        ("blind-index", 2, "active"),
+    ] {
+        let expected = (expected.0.to_owned(), expected.1, expected.2.to_owned());
+        assert!(states.contains(&expected), "{expected:?} in {states:?}");
+    }
+    assert_eq!(status["active_key"], 2);
+}
