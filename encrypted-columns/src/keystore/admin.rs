@@ -6,7 +6,8 @@ use sea_orm::{ConnectionTrait, TransactionSession, TransactionTrait};
 
 use super::error::KeyStoreError;
 use super::row::{KeyState, StoredKey};
-use super::store::{KeyStore, a};
+use super::schema::a;
+use super::store::KeyStore;
 use crate::kek::KeyEncryptionKey;
 use crate::keyring::{KeyId, KeyPurpose, check_value};
 

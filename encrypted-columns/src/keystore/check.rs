@@ -7,7 +7,8 @@ use sea_orm::{ConnectionTrait, TransactionSession, TransactionTrait};
 
 use super::error::KeyStoreError;
 use super::row::KeyState;
-use super::store::{ENV_PROVIDER, KeyStore, a};
+use super::schema::a;
+use super::store::{ENV_PROVIDER, KeyStore};
 use crate::keyring::{CheckValue, KeyId, KeyPurpose, Keyring};
 
 /// What [`KeyStore::check_env_keys`] did with one key.

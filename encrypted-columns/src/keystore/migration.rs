@@ -4,8 +4,9 @@ use sea_orm::DbErr;
 use sea_orm::sea_query::Table;
 use sea_orm_migration::{MigrationName, MigrationTrait, SchemaManager};
 
+use super::schema::a;
 use super::schema::create_table_statement;
-use super::store::{DEFAULT_TABLE, a};
+use super::store::DEFAULT_TABLE;
 
 /// Creates the key-store table: add it to your `Migrator`'s list (or call its `up` from a
 /// migration of your own, as the example clinic does).

@@ -35,7 +35,7 @@
 
 // Layout; every import points down this list, none back up:
 //   `error`     KeyStoreError
-//   `schema`    the table's CREATE statement (and `store::a`, the identifier helper, below it)
+//   `schema`    the table's CREATE statement and `a`, the identifier helper
 //   `store`     KeyStore: table and scope, wrap contexts
 //   `row`       KeyState, StoredKey, reading and checking rows; `list`
 //   `check`     check values of environment keys

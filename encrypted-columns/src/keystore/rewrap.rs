@@ -9,7 +9,8 @@ use sea_orm::sea_query::{Expr, ExprTrait, Query};
 
 use super::error::KeyStoreError;
 use super::row::{Row, StoredKey};
-use super::store::{KeyStore, a};
+use super::schema::a;
+use super::store::KeyStore;
 use crate::kek::KeyEncryptionKey;
 use crate::keyring::{KeyId, KeyPurpose, check_value};
 

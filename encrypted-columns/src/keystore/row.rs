@@ -7,7 +7,8 @@ use sea_orm::sea_query::{Expr, ExprTrait, LockType, Order, Query, SelectStatemen
 use sea_orm::{ConnectionTrait, QueryResult};
 
 use super::error::KeyStoreError;
-use super::store::{KeyStore, a};
+use super::schema::a;
+use super::store::KeyStore;
 use crate::kek::WrappedKey;
 use crate::keyring::{CheckValue, KeyId, KeyPurpose};
 

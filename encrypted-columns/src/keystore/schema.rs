@@ -1,9 +1,12 @@
 //! The key-store table, as a sea-query statement that works on SQLite, PostgreSQL and
 //! MariaDB/MySQL.
 
-use sea_orm::sea_query::{ColumnDef, Expr, Index, Table, TableCreateStatement};
+use sea_orm::sea_query::{Alias, ColumnDef, Expr, Index, Table, TableCreateStatement};
 
-use super::store::a;
+/// An identifier (table or column name) for sea-query.
+pub(super) fn a(name: &str) -> Alias {
+    Alias::new(name)
+}
 
 /// `CREATE TABLE IF NOT EXISTS <table>`: one row per (scope, purpose, key id).
 ///

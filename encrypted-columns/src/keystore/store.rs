@@ -76,7 +76,3 @@ impl KeyStore {
         WrapContext::new(id.0, purpose.as_str(), self.scope.clone())
     }
 }
-
-pub(super) fn a(name: &str) -> Alias {
-    Alias::new(name)
-}
