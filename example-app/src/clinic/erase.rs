@@ -255,8 +255,8 @@ fn not_reached(wrapped_by: &str, backend: DbBackend) -> Vec<String> {
         format!(
             "backups, dumps and replicas taken before now still hold the wrapped data key, and \
              {wrapped_by} opens it: they keep the patient readable until they expire, or until \
-             that key is rotated (`clinic keys rotate` to a new key, or the provider's KEK \
-             rotation) and the old one is destroyed everywhere"
+             that key is rotated (`clinic keys rotate` to a new clinic key, or `clinic keys \
+             rewrap` to a new KEK) and the old one is destroyed everywhere"
         ),
         "those copies also keep the patient's blind-index values: whoever holds the \
          blind-index key can confirm a guessed e-mail, phone last 4 or name and birth date \

@@ -111,10 +111,16 @@ pub async fn status(global: &Global) -> Result<(), String> {
             .active_blind_index_key
             .map_or("none".to_owned(), |k| k.to_string())
     );
+    let by_keyring: u64 = status
+        .values_by_key
+        .get("patient_keys.wrapped_key")
+        .map_or(0, |m| m.values().sum());
     say!(
-        "Patient data keys: {} (each wrapped by a clinic key; patient data never uses a \
-         clinic key directly).",
-        status.patient_data_keys
+        "Patient data keys: {} ({} wrapped by the clinic keyring, {} by a KEK provider; \
+         patient data never uses a clinic key directly).",
+        status.patient_data_keys,
+        by_keyring,
+        status.patient_data_keys.saturating_sub(by_keyring)
     );
     for (column, usage) in &status.values_by_key {
         if usage.is_empty() {
