@@ -1,11 +1,11 @@
 //! Creating keys under a KEK, promoting and retiring them. Each change re-checks its
 //! precondition inside its own transaction, with a locking read of the row it changes.
 
-use sea_orm::sea_query::{Expr, ExprTrait, OnConflict, Query};
+use sea_orm::sea_query::{Expr, ExprTrait, Query};
 use sea_orm::{ConnectionTrait, TransactionSession, TransactionTrait};
 
 use super::error::KeyStoreError;
-use super::row::{KeyState, StoredKey};
+use super::row::{KeyState, NewRow, StoredKey};
 use super::schema::a;
 use super::store::KeyStore;
 use crate::kek::KeyEncryptionKey;
@@ -69,39 +69,18 @@ impl KeyStore {
                     key_id: *active,
                 });
             }
-            let insert = Query::insert()
-                .into_table(self.t())
-                .columns(
-                    [
-                        "scope",
-                        "purpose",
-                        "key_id",
-                        "state",
-                        "provider",
-                        "kek_id",
-                        "wrapped_key",
-                        "check_value",
-                    ]
-                    .map(a),
-                )
-                .values([
-                    self.scope().into(),
-                    purpose.as_str().into(),
-                    i64::from(id.0).into(),
-                    state.as_str().into(),
-                    kek.provider().into(),
-                    kek.kek_id().into(),
-                    wrapped.as_bytes().to_vec().into(),
-                    kcv.as_bytes().to_vec().into(),
-                ])
-                .map_err(|e| KeyStoreError::Database(e.to_string()))?
-                .on_conflict(
-                    OnConflict::columns(["scope", "purpose", "key_id"].map(a))
-                        .do_nothing_on([a("scope")])
-                        .to_owned(),
-                )
-                .to_owned();
-            txn.execute(&insert).await?;
+            self.insert_if_free(
+                &txn,
+                NewRow {
+                    purpose,
+                    id,
+                    state,
+                    provider: kek.provider(),
+                    wrapping: Some((kek.kek_id(), &wrapped)),
+                    check_value: &kcv,
+                },
+            )
+            .await?;
             // Ours only if the row now holds our wrapping: another process may have taken the id.
             let row = self.read_one(&txn, purpose, id, true).await?;
             if let Some(row) = row

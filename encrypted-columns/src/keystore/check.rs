@@ -2,12 +2,10 @@
 //! check value; every later load compares against it, so a wrong key under a known id is
 //! refused before it seals a value or computes an index value.
 
-use sea_orm::sea_query::{OnConflict, Query};
 use sea_orm::{ConnectionTrait, TransactionSession, TransactionTrait};
 
 use super::error::KeyStoreError;
-use super::row::KeyState;
-use super::schema::a;
+use super::row::{KeyState, NewRow};
 use super::store::{ENV_PROVIDER, KeyStore};
 use crate::keyring::{CheckValue, KeyId, KeyPurpose, Keyring};
 
@@ -94,7 +92,15 @@ impl KeyStore {
                     EnvKeyOutcome::Checked
                 }
                 None => {
-                    self.insert_env(&txn, purpose, id, state, &kcv).await?;
+                    let row = NewRow {
+                        purpose,
+                        id,
+                        state,
+                        provider: ENV_PROVIDER,
+                        wrapping: None,
+                        check_value: &kcv,
+                    };
+                    self.insert_if_free(&txn, row).await?;
                     // Re-read with a locking read: if another process inserted this id between
                     // our read and our insert, the insert did nothing and this sees its row.
                     let row = self.read_one(&txn, purpose, id, true).await?.ok_or(
@@ -134,46 +140,5 @@ impl KeyStore {
                 key_id: id.0,
             })
         }
-    }
-
-    async fn insert_env<C: ConnectionTrait>(
-        &self,
-        db: &C,
-        purpose: KeyPurpose,
-        id: KeyId,
-        state: KeyState,
-        kcv: &CheckValue,
-    ) -> Result<(), KeyStoreError> {
-        let insert = Query::insert()
-            .into_table(self.t())
-            .columns(
-                [
-                    "scope",
-                    "purpose",
-                    "key_id",
-                    "state",
-                    "provider",
-                    "check_value",
-                ]
-                .map(a),
-            )
-            .values([
-                self.scope().into(),
-                purpose.as_str().into(),
-                i64::from(id.0).into(),
-                state.as_str().into(),
-                ENV_PROVIDER.into(),
-                kcv.as_bytes().to_vec().into(),
-            ])
-            .map_err(|e| KeyStoreError::Database(e.to_string()))?
-            .on_conflict(
-                // MariaDB has no DO NOTHING: this renders a no-op ON DUPLICATE KEY UPDATE.
-                OnConflict::columns(["scope", "purpose", "key_id"].map(a))
-                    .do_nothing_on([a("scope")])
-                    .to_owned(),
-            )
-            .to_owned();
-        db.execute(&insert).await?;
-        Ok(())
     }
 }

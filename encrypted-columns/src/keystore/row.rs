@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use sea_orm::sea_query::{Expr, ExprTrait, LockType, Order, Query, SelectStatement};
+use sea_orm::sea_query::{Expr, ExprTrait, LockType, OnConflict, Order, Query, SelectStatement};
 use sea_orm::{ConnectionTrait, QueryResult};
 
 use super::error::KeyStoreError;
@@ -166,6 +166,17 @@ pub(super) fn check_id(purpose: KeyPurpose, raw: i64) -> Option<KeyId> {
     }
 }
 
+/// A key row to insert ([`KeyStore::insert_if_free`]).
+pub(super) struct NewRow<'a> {
+    pub(super) purpose: KeyPurpose,
+    pub(super) id: KeyId,
+    pub(super) state: KeyState,
+    pub(super) provider: &'a str,
+    /// The KEK id and the wrapped key; `None` for an environment key.
+    pub(super) wrapping: Option<(&'a str, &'a WrappedKey)>,
+    pub(super) check_value: &'a CheckValue,
+}
+
 impl KeyStore {
     /// Every row of the scope, by purpose then id.
     pub(super) async fn read_all<C: ConnectionTrait>(
@@ -196,6 +207,55 @@ impl KeyStore {
             Some(row) => parse(self, &row).map(Some),
             None => Ok(None),
         }
+    }
+
+    /// Inserts the row of key `id` unless the id is taken (`ON CONFLICT DO NOTHING`; MariaDB has
+    /// no DO NOTHING, so it renders a no-op `ON DUPLICATE KEY UPDATE`). The primary key decides
+    /// between two processes inserting one id: callers re-read the row (locking) to learn
+    /// whose it is. `wrapping` is the KEK id and wrapped key, `None` for an environment key.
+    pub(super) async fn insert_if_free<C: ConnectionTrait>(
+        &self,
+        db: &C,
+        key: NewRow<'_>,
+    ) -> Result<(), KeyStoreError> {
+        let (kek_id, wrapped) = match key.wrapping {
+            Some((kek_id, wrapped)) => (Some(kek_id), Some(wrapped.as_bytes().to_vec())),
+            None => (None, None),
+        };
+        let insert = Query::insert()
+            .into_table(self.t())
+            .columns(
+                [
+                    "scope",
+                    "purpose",
+                    "key_id",
+                    "state",
+                    "provider",
+                    "kek_id",
+                    "wrapped_key",
+                    "check_value",
+                ]
+                .map(a),
+            )
+            .values([
+                self.scope().into(),
+                key.purpose.as_str().into(),
+                i64::from(key.id.0).into(),
+                key.state.as_str().into(),
+                key.provider.into(),
+                kek_id.into(),
+                wrapped.into(),
+                key.check_value.as_bytes().to_vec().into(),
+            ])
+            .map_err(|e| KeyStoreError::Database(e.to_string()))?
+            .on_conflict(
+                OnConflict::columns(["scope", "purpose", "key_id"].map(a))
+                    .do_nothing_on([a("scope")])
+                    .to_owned(),
+            )
+            .to_owned();
+        db.execute(&insert).await?;
+        Ok(())
     }
 
     /// Ids of the active keys of `purpose`.
