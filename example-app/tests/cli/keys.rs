@@ -71,18 +71,7 @@ fn keys_wrong_env_key_is_refused_on_sqlite() {
     let session = Session::new("keys-env-sqlite");
     let db = session.db();
     session.ok(&["init"]);
-    session.ok(&[
-        "patient",
-        "add",
-        "--first-name",
-        "Ada",
-        "--last-name",
-        "Lovelace",
-        "--email",
-        "ada@example.org",
-        "--dob",
-        "1980-05-06",
-    ]);
+    session.add_patient("Ada", "Lovelace", "ada@example.org", &[]);
     let other = generated_keys();
     let wrong = session.with_env(with_var(
         &session.env,
@@ -292,40 +281,34 @@ pub(crate) fn softhsm_token(dir: &std::path::Path, label: &str) -> Option<(Strin
     Some((module, conf.display().to_string()))
 }
 
+/// The clinic's settings for KEK `key` in the token "clinic" of [`softhsm_token`].
+pub(crate) fn pkcs11_env(module: &str, conf: &str, key: &str) -> Vec<(String, String)> {
+    [
+        ("SOFTHSM2_CONF", conf),
+        ("CLINIC_KEK", "pkcs11"),
+        ("CLINIC_PKCS11_MODULE", module),
+        ("CLINIC_PKCS11_TOKEN", "clinic"),
+        ("CLINIC_PKCS11_PIN", PIN),
+        ("CLINIC_PKCS11_KEY", key),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
+}
+
 #[test]
 fn keys_pkcs11_init_rewrap_and_wrong_pin() {
     let dir = fresh_dir("keys-hsm");
     let Some((module, conf)) = softhsm_token(&dir, "clinic") else {
         return;
     };
-    let env: Vec<(String, String)> = [
-        ("SOFTHSM2_CONF", conf.as_str()),
-        ("CLINIC_KEK", "pkcs11"),
-        ("CLINIC_PKCS11_MODULE", module.as_str()),
-        ("CLINIC_PKCS11_TOKEN", "clinic"),
-        ("CLINIC_PKCS11_PIN", PIN),
-        ("CLINIC_PKCS11_KEY", "kek-a"),
-    ]
-    .iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect();
+    let env = pkcs11_env(&module, &conf, "kek-a");
     let session = Session::with_keys("keys-hsm-db", env);
     session.ok(&["init"]);
     let created = session.json(&["keys", "init"]);
     assert_eq!(created["provider"], "pkcs11");
     assert_eq!(created["kek_id"], "pkcs11:token=clinic;object=kek-a");
-    session.ok(&[
-        "patient",
-        "add",
-        "--first-name",
-        "Ada",
-        "--last-name",
-        "Lovelace",
-        "--email",
-        "ada@example.org",
-        "--dob",
-        "1980-05-06",
-    ]);
+    session.add_patient("Ada", "Lovelace", "ada@example.org", &[]);
     assert!(session.ok(&["patient", "list"]).contains("ada@example.org"));
 
     session.ok(&["keys", "rewrap", "--to-pkcs11-key", "kek-b"]);

@@ -153,17 +153,7 @@ fn pkcs11_life(tag: &str, var: Option<&str>) {
     let Some((module, conf)) = crate::keys::softhsm_token(&dir, "clinic") else {
         return;
     };
-    let env: Vec<(String, String)> = [
-        ("SOFTHSM2_CONF", conf.as_str()),
-        ("CLINIC_KEK", "pkcs11"),
-        ("CLINIC_PKCS11_MODULE", module.as_str()),
-        ("CLINIC_PKCS11_TOKEN", "clinic"),
-        ("CLINIC_PKCS11_PIN", crate::keys::PIN),
-        ("CLINIC_PKCS11_KEY", "kek-a"),
-    ]
-    .iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect();
+    let env = crate::keys::pkcs11_env(&module, &conf, "kek-a");
     let provider = Provider {
         session: Session::with_keys(&format!("{tag}-db"), env),
         name: "pkcs11",
