@@ -6,8 +6,6 @@
 //! `keys retire --purpose encryption OLD`. Blind indexes: the same with `index rebuild` in
 //! place of `keys rotate`.
 
-use std::collections::BTreeMap;
-
 use encrypted_columns::KeyId;
 use encrypted_columns::keyring::KeyPurpose;
 use encrypted_columns::keystore::KeyState;
@@ -99,25 +97,17 @@ pub async fn retire(global: &Global, purpose: KeyPurposeArg, id: u32) -> Result<
     let purpose = KeyPurpose::from(purpose);
     configured_or_refuse("retire")?;
     let db = open_db(global).await?;
-    let still: BTreeMap<String, u64> = match purpose {
-        KeyPurpose::BlindIndex => {
-            let mut still: BTreeMap<String, u64> = crate::commands::index::blind_index_usage(&db)
-                .await?
-                .into_iter()
-                .filter_map(|(col, usage)| usage.get(&id).map(|n| (col, *n)))
-                .collect();
-            if let Some(n) = crate::commands::index::audit_mac_usage(&db).await?.get(&id) {
-                still.insert("audit_log.mac".into(), *n);
-            }
-            still
-        }
-        _ => crate::commands::keys::clinic_key_usage(&db)
-            .await?
-            .into_iter()
-            .filter_map(|(col, usage)| usage.get(&id).map(|n| (col, *n)))
-            .collect(),
+    let still = match purpose {
+        KeyPurpose::BlindIndex => crate::commands::index::blind_index_key_uses(
+            id,
+            &crate::commands::index::blind_index_usage(&db).await?,
+            &crate::commands::index::audit_mac_usage(&db).await?,
+        ),
+        _ => crate::commands::index::uses_of(
+            id,
+            &crate::commands::keys::clinic_key_usage(&db).await?,
+        ),
     };
-    let still: BTreeMap<String, u64> = still.into_iter().filter(|(_, n)| *n > 0).collect();
     if !still.is_empty() {
         let total: u64 = still.values().sum();
         let parts: Vec<String> = still.iter().map(|(c, n)| format!("{c}: {n}")).collect();

@@ -66,8 +66,31 @@ pub fn retirable_blind_index_keys(
     let active: Option<KeyId> = ring.active_blind_index_key_id();
     ring.blind_index_key_ids()
         .filter(|k| Some(*k) != active)
-        .filter(|k| usage.values().all(|m| m.get(&k.0).is_none_or(|n| *n == 0)))
-        .filter(|k| audit.get(&k.0).is_none_or(|n| *n == 0))
+        .filter(|k| blind_index_key_uses(k.0, usage, audit).is_empty())
         .map(|k| k.0)
         .collect()
+}
+
+/// Where key `id` is still used: for each `table.column` of `usage` (stored values per key
+/// id), how many values it sealed or indexed; only columns with some. Empty: nothing needs it.
+pub fn uses_of(id: u32, usage: &BTreeMap<String, BTreeMap<u32, u64>>) -> BTreeMap<String, u64> {
+    usage
+        .iter()
+        .filter_map(|(column, by_key)| by_key.get(&id).map(|n| (column.clone(), *n)))
+        .filter(|(_, n)| *n > 0)
+        .collect()
+}
+
+/// [`uses_of`] for blind-index key `id`, with the audit chain's MACs it made counted as
+/// `audit_log.mac`: an older blind-index key can go only when nothing at all uses it.
+pub fn blind_index_key_uses(
+    id: u32,
+    usage: &BTreeMap<String, BTreeMap<u32, u64>>,
+    audit: &BTreeMap<u32, u64>,
+) -> BTreeMap<String, u64> {
+    let mut uses = uses_of(id, usage);
+    if let Some(n) = audit.get(&id).filter(|n| **n > 0) {
+        uses.insert("audit_log.mac".to_owned(), *n);
+    }
+    uses
 }
